@@ -1,0 +1,232 @@
+"""``omnistock bench outbox``: the event path end to end against plain Kafka.
+
+Three measurements in one run:
+- raw: plain confluent-kafka produce → consume of the same bytes (the ceiling);
+- end to end: transactions write pings and their events into the outbox, the relay (its own
+  process) publishes them, the consumer (its own process) applies them through the inbox;
+- latency at a steady 1,000 events/s: from the producing transaction's commit to the consumer's
+  effect committed, both read from PostgreSQL's commit timestamps (one clock, no skew).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+from confluent_kafka import Consumer, Producer
+from rich.progress import Progress
+
+from omnistock.bench.common import (
+    console,
+    create_topics,
+    delete_topics,
+    drop_schema,
+    fresh_schema,
+    percentile,
+    report,
+    run_id,
+)
+from omnistock.contracts.demo import PingSent
+from omnistock.demo import service, workers
+from omnistock.platform import db, events, kafka
+from omnistock.platform.clock import SystemClock
+from omnistock.platform.settings import Settings, get_settings
+
+SCHEMA = "bench_outbox"
+RAW_EVENTS = 200_000
+OUTBOX_EVENTS = 60_000
+EVENTS_PER_TRANSACTION = 50
+WRITERS = 4
+STEADY_RATE = 1000
+
+
+def run(*, as_json: bool, seconds: float) -> None:
+    result = asyncio.run(_run(get_settings(), seconds))
+    report(result, as_json)
+
+
+async def _run(settings: Settings, seconds: float) -> dict[str, Any]:
+    rid = run_id()
+    topic, raw_topic, group = (
+        f"omnistock.bench.{rid}.pings",
+        f"omnistock.bench.{rid}.raw",
+        f"omnistock.bench.{rid}.pongs",
+    )
+    await fresh_schema(settings, SCHEMA, "demo", "omnistock.demo")
+    await create_topics(
+        settings,
+        [
+            kafka.TopicSpec(topic),
+            kafka.TopicSpec(raw_topic),
+            kafka.TopicSpec(kafka.dead_letter_topic(group)),
+        ],
+    )
+    relay = consumer = None
+    pool = await db.create_pool(
+        settings.database_url, SCHEMA, min_size=WRITERS, max_size=WRITERS * 4
+    )
+    try:
+        console.print(f"[bold]raw[/bold]: {RAW_EVENTS:,} messages produce → consume")
+        raw_rate = await asyncio.to_thread(_raw_rate, settings, raw_topic, RAW_EVENTS)
+        relay = workers.start_relay(settings, SCHEMA)
+        consumer = workers.start_consumer(settings, SCHEMA, topic, group)
+        await _warm_up(pool, topic)
+        console.print(
+            f"[bold]outbox[/bold]: {OUTBOX_EVENTS:,} events through outbox → Kafka → inbox"
+        )
+        outbox_rate = await _outbox_rate(pool, topic, OUTBOX_EVENTS)
+        console.print(f"[bold]latency[/bold]: {STEADY_RATE:,} events/s for {seconds:.0f} s")
+        latencies, clock_source = await _steady_latency(pool, topic, seconds)
+        lost = await service.unapplied_pings(pool)
+        applied_twice = await pool.fetchval("SELECT count(*) - count(DISTINCT ping_id) FROM pongs")
+    finally:
+        for process in (relay, consumer):
+            if process is not None:
+                process.terminate()
+                process.join(20)
+        await pool.close()
+        await delete_topics(settings, [topic, raw_topic, kafka.dead_letter_topic(group)])
+        await drop_schema(settings, SCHEMA)
+    return {
+        "bench": "outbox",
+        "events_per_s": round(outbox_rate, 1),
+        "raw_events_per_s": round(raw_rate, 1),
+        "ratio": round(outbox_rate / raw_rate, 3),
+        "commit_to_apply_p50_ms": round(percentile(latencies, 0.50), 2),
+        "commit_to_apply_p99_ms": round(percentile(latencies, 0.99), 2),
+        "latency_rate_per_s": STEADY_RATE,
+        "latency_samples": len(latencies),
+        "latency_clock": clock_source,
+        "lost": lost,
+        "applied_twice": applied_twice,
+    }
+
+
+def _sample_event() -> bytes:
+    payload = PingSent(
+        ping_id="0" * 36, stream="raw", sequence=1, message="m", sent_at_ns=time.time_ns()
+    )
+    return events.encode(
+        payload, source="/bench", subject="raw", time=SystemClock().now(), aggregate_version=1
+    )[1]
+
+
+def _raw_rate(settings: Settings, topic: str, count: int) -> float:
+    """Plain produce → consume of ``count`` messages of the same size, in two threads."""
+    value = _sample_event()
+    consumer = Consumer(kafka.consumer_config(settings, f"{topic}.reader"))
+    consumer.subscribe([topic])
+    while not consumer.assignment():
+        consumer.poll(0.1)
+    producer = Producer(kafka.producer_config(settings))
+    received = 0
+    started = time.perf_counter()
+
+    def produce() -> None:
+        for n in range(count):
+            while True:
+                try:
+                    producer.produce(topic, value=value, key=f"k{n % 997}")
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+        producer.flush(60)
+
+    sender = threading.Thread(target=produce)
+    sender.start()
+    while received < count:
+        received += sum(1 for m in consumer.consume(1000, 0.5) if m.error() is None)
+    elapsed = time.perf_counter() - started
+    sender.join()
+    consumer.close()
+    return count / elapsed
+
+
+async def _warm_up(pool: Any, topic: str) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await service.send_pings(conn, "warm-up", ["hello"], SystemClock(), topic=topic)
+    await _wait_applied(pool, 1, timeout_s=60)
+
+
+async def _wait_applied(pool: Any, expected: int, timeout_s: float, progress: Any = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        applied = await pool.fetchval("SELECT count(*) FROM pongs")
+        if progress is not None:
+            progress()
+        if applied >= expected:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {applied} of {expected} events applied after {timeout_s}s")
+        await asyncio.sleep(0.01)
+
+
+async def _outbox_rate(pool: Any, topic: str, count: int) -> float:
+    clock = SystemClock()
+    before = await pool.fetchval("SELECT count(*) FROM pongs")
+    per_writer = count // WRITERS
+
+    async def writer(n: int) -> None:
+        for _ in range(0, per_writer, EVENTS_PER_TRANSACTION):
+            async with pool.acquire() as conn, conn.transaction():
+                await service.send_pings(
+                    conn, f"stream-{n}", ["m"] * EVENTS_PER_TRANSACTION, clock, topic=topic
+                )
+
+    total = per_writer * WRITERS
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("applied", total=total)
+
+        async def show() -> None:
+            done = await pool.fetchval("SELECT count(*) FROM pongs") - before
+            progress.update(task, completed=done)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(writer(n) for n in range(WRITERS)))
+        deadline = time.monotonic() + 300
+        while (await pool.fetchval("SELECT count(*) FROM pongs")) - before < total:
+            await show()
+            if time.monotonic() > deadline:
+                raise TimeoutError("the consumer did not catch up within 300 s")
+            await asyncio.sleep(0.01)
+        elapsed = time.perf_counter() - started
+    return total / elapsed
+
+
+async def _steady_latency(pool: Any, topic: str, seconds: float) -> tuple[list[float], str]:
+    clock = SystemClock()
+    tick = 0.01
+    per_tick = int(STEADY_RATE * tick)
+    ticks = int(seconds / tick)
+    pending: set[asyncio.Task[None]] = set()
+
+    async def one(n: int) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await service.send_pings(conn, f"latency-{n % 64}", ["m"], clock, topic=topic)
+
+    started = time.perf_counter()
+    for t in range(ticks):
+        for n in range(per_tick):
+            task = asyncio.create_task(one(t * per_tick + n))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        # Pace against the start, so a slow tick does not lower the offered rate.
+        await asyncio.sleep(max(0.0, started + (t + 1) * tick - time.perf_counter()))
+    await asyncio.gather(*pending)
+    total = await pool.fetchval("SELECT count(*) FROM pings")
+    await _wait_applied(pool, total, timeout_s=120)
+    tracked = await pool.fetchval("SELECT current_setting('track_commit_timestamp') = 'on'")
+    if tracked:
+        rows = await pool.fetch(
+            """SELECT extract(epoch FROM pg_xact_commit_timestamp(q.xmin)
+                                        - pg_xact_commit_timestamp(p.xmin)) * 1000 AS ms
+               FROM pings p JOIN pongs q USING (ping_id) WHERE p.stream LIKE 'latency-%'"""
+        )
+        return [float(r["ms"]) for r in rows], "postgres commit timestamps"
+    rows = await pool.fetch(
+        """SELECT (q.applied_at_ns - q.sent_at_ns) / 1e6 AS ms FROM pongs q
+           WHERE q.stream LIKE 'latency-%'"""
+    )
+    return [float(r["ms"]) for r in rows], "client clocks (track_commit_timestamp is off)"

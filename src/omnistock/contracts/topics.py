@@ -1,0 +1,8 @@
+"""Every topic omnistock creates, gathered from each service's contract module."""
+
+from __future__ import annotations
+
+from omnistock.contracts import demo
+from omnistock.platform.kafka import TopicSpec
+
+ALL_TOPICS: list[TopicSpec] = [*demo.TOPICS]

@@ -1,0 +1,1 @@
+"""What every omnistock service shares: settings, database, Kafka, outbox, inbox, HTTP, auth."""

@@ -1,0 +1,269 @@
+"""The one way omnistock consumes: decode, dedupe in the inbox, apply, then commit the offset.
+
+For each polled batch the effect and the inbox rows commit in one transaction, and only then are
+the offsets committed to Kafka. A crash anywhere replays from the last committed offset and the
+inbox drops what was already applied. A message that cannot be decoded, or whose handler keeps
+failing, goes to the consumer group's dead-letter topic with the reason in its headers, and the
+consumer carries on. Database or broker outages are retried until they pass: they are never a
+reason to dead-letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import structlog
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from prometheus_client import Counter, Gauge
+
+from omnistock.platform import events, faults
+from omnistock.platform.kafka import consumer_config, create_producer, dead_letter_topic
+from omnistock.platform.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[asyncpg.Connection, Sequence[events.Event[Any]]], Awaitable[None]]
+"""Applies consecutive events of one type, inside the batch's transaction."""
+
+APPLIED = Counter("omnistock_consumer_applied_total", "Events applied", ["group"])
+DUPLICATES = Counter("omnistock_consumer_duplicates_total", "Redelivered events dropped", ["group"])
+DEAD_LETTERED = Counter("omnistock_consumer_dead_lettered_total", "Events dead-lettered", ["group"])
+LAG = Gauge("omnistock_consumer_lag", "Messages behind the end of the topic", ["group", "topic"])
+
+TRANSIENT = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    group: str
+    topics: Sequence[str]
+    handlers: dict[str, Handler]
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Decoded:
+    message: Message
+    event: events.Event[Any] | None = None
+    error: str | None = None
+
+
+class EventConsumer:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        subscription: Subscription,
+        dead_letter_producer: Producer | None = None,
+    ) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._sub = subscription
+        self._accept = frozenset(subscription.handlers)
+        self._dlq = dead_letter_producer
+        self._consumer: Consumer | None = None
+        self.applied = 0
+        self.assigned: list[TopicPartition] = []
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = Consumer(consumer_config(self._settings, self._sub.group, **self._sub.config))
+        self._consumer = consumer
+        self._dlq = self._dlq or create_producer(self._settings)
+        consumer.subscribe(
+            list(self._sub.topics), on_assign=self._on_assign, on_revoke=self._on_revoke
+        )
+        try:
+            while not stop.is_set():
+                messages = await asyncio.to_thread(
+                    consumer.consume, self._settings.consumer_batch_size, 0.2
+                )
+                if messages:
+                    await self._process(consumer, messages, stop)
+        finally:
+            # Close leaves the group at once, so partitions move to a survivor without waiting
+            # for the session timeout; everything processed has already been committed.
+            await asyncio.to_thread(consumer.close)
+            await asyncio.to_thread(self._dlq.flush, 10)
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned = list(partitions)
+        log.info("partitions assigned", group=self._sub.group, count=len(partitions))
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Offsets are committed synchronously after every batch, before the next poll, and this
+        # callback only runs inside a poll: nothing processed is left uncommitted here.
+        self.assigned = []
+        log.info("partitions revoked", group=self._sub.group, count=len(partitions))
+
+    async def _process(
+        self, consumer: Consumer, messages: list[Message], stop: asyncio.Event
+    ) -> None:
+        decoded: list[_Decoded] = []
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume error", error=str(error))
+                continue
+            try:
+                decoded.append(_Decoded(message, events.decode(message.value(), self._accept)))
+            except events.InvalidEvent as exc:
+                decoded.append(_Decoded(message, error=str(exc)))
+        for item in decoded:
+            if item.error is not None:
+                await self._dead_letter(item.message, item.error)
+        valid = [item for item in decoded if item.event is not None]
+        if valid and not await self._apply_with_retry(valid, stop):
+            return  # stopping: the batch is not committed and will be redelivered
+        offsets = _next_offsets(messages)
+        if offsets:
+            faults.point("consumer.before_commit")
+            await asyncio.to_thread(consumer.commit, offsets=offsets, asynchronous=False)
+
+    async def _apply_with_retry(self, batch: list[_Decoded], stop: asyncio.Event) -> bool:
+        """Apply the batch in one transaction; False if asked to stop while it kept failing."""
+        backoff = 0.05
+        while True:
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    await self._apply(conn, [item.event for item in batch if item.event])
+                return True
+            except TRANSIENT as exc:
+                log.warning("transient failure, retrying", group=self._sub.group, error=str(exc))
+            except Exception:
+                # Some event in the batch fails: apply them one by one to find it.
+                return await self._apply_one_by_one(batch, stop)
+            if stop.is_set():
+                return False
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _apply(self, conn: asyncpg.Connection, batch: list[events.Event[Any]]) -> None:
+        fresh_ids = set(
+            await conn.fetchval(
+                """WITH ins AS (
+                       INSERT INTO inbox (consumer_group, event_id)
+                       SELECT $1, unnest($2::uuid[]) ON CONFLICT DO NOTHING RETURNING event_id)
+                   SELECT coalesce(array_agg(event_id::text), '{}') FROM ins""",
+                self._sub.group,
+                list(dict.fromkeys(event.id for event in batch)),
+            )
+        )
+        fresh: list[events.Event[Any]] = []
+        for event in batch:
+            if event.id in fresh_ids:
+                fresh_ids.discard(event.id)  # a duplicate inside one batch is applied once
+                fresh.append(event)
+        DUPLICATES.labels(self._sub.group).inc(len(batch) - len(fresh))
+        for run in _runs_of_one_type(fresh):
+            await self._sub.handlers[run[0].type](conn, run)
+            faults.point("consumer.mid_batch")
+        self.applied += len(fresh)
+        APPLIED.labels(self._sub.group).inc(len(fresh))
+
+    async def _apply_one_by_one(self, batch: list[_Decoded], stop: asyncio.Event) -> bool:
+        """Apply each event alone; one that keeps failing is dead-lettered with the reason."""
+        for item in batch:
+            assert item.event is not None
+            attempt = 0
+            while True:
+                attempt += 1
+                try:
+                    async with self._pool.acquire() as conn, conn.transaction():
+                        await self._apply(conn, [item.event])
+                    break
+                except TRANSIENT:
+                    if stop.is_set():
+                        return False
+                    await asyncio.sleep(min(0.05 * 2**attempt, 5.0))
+                except Exception as exc:
+                    if attempt >= self._settings.consumer_max_attempts:
+                        reason = f"handler failed {attempt} times: {exc!r}\n" + "".join(
+                            traceback.format_exception(exc, limit=-5)
+                        )
+                        await self._dead_letter(item.message, reason)
+                        break
+                    await asyncio.sleep(0.05 * attempt)
+        return True
+
+    async def _dead_letter(self, message: Message, reason: str) -> None:
+        assert self._dlq is not None
+        original = message.headers() or []
+        # Consumed messages carry headers as a list of pairs (a dict only when producing).
+        headers: list[tuple[str, str | bytes | None]] = list(original)  # type: ignore[arg-type]
+        headers += [
+            ("dlq.reason", reason.encode()[:8000]),
+            ("dlq.consumer_group", self._sub.group.encode()),
+            ("dlq.topic", str(message.topic()).encode()),
+            ("dlq.partition", str(message.partition()).encode()),
+            ("dlq.offset", str(message.offset()).encode()),
+        ]
+        errors: list[KafkaError] = []
+        self._dlq.produce(
+            dead_letter_topic(self._sub.group),
+            value=message.value(),
+            key=message.key(),
+            headers=headers,
+            on_delivery=lambda err, _msg: errors.append(err) if err else None,
+        )
+        remaining = await asyncio.to_thread(self._dlq.flush, 30)
+        if remaining or errors:
+            # Never commit past a message we could not park: retry the whole batch later.
+            raise OSError(f"dead-letter topic did not acknowledge: {errors or remaining}")
+        DEAD_LETTERED.labels(self._sub.group).inc()
+        log.warning(
+            "event dead-lettered",
+            group=self._sub.group,
+            topic=message.topic(),
+            partition=message.partition(),
+            offset=message.offset(),
+            reason=reason.splitlines()[0],
+        )
+
+    def lag(self) -> dict[str, int]:
+        """Messages between the committed position and the end of each assigned partition."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        totals: dict[str, int] = {}
+        for tp in consumer.position(self.assigned):
+            with contextlib.suppress(Exception):
+                _low, high = consumer.get_watermark_offsets(tp, cached=True) or (0, 0)
+                behind = max(0, high - tp.offset) if tp.offset >= 0 else high
+                totals[tp.topic] = totals.get(tp.topic, 0) + behind
+        for topic, behind in totals.items():
+            LAG.labels(self._sub.group, topic).set(behind)
+        return totals
+
+
+def _runs_of_one_type(batch: list[events.Event[Any]]) -> list[list[events.Event[Any]]]:
+    runs: list[list[events.Event[Any]]] = []
+    for event in batch:
+        if runs and runs[-1][0].type == event.type:
+            runs[-1].append(event)
+        else:
+            runs.append([event])
+    return runs
+
+
+def _next_offsets(messages: list[Message]) -> list[TopicPartition]:
+    last: dict[tuple[str, int], int] = {}
+    for message in messages:
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        if message.error() is None and topic is not None and partition is not None:
+            last[(topic, partition)] = offset if offset is not None else -1
+    return [TopicPartition(topic, part, offset + 1) for (topic, part), offset in last.items()]

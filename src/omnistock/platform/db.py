@@ -1,0 +1,52 @@
+"""PostgreSQL access: one asyncpg pool per service, confined to the service's own schema."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import asyncpg
+import orjson
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def checked_identifier(name: str) -> str:
+    """A schema or table name that is safe to put into SQL text."""
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"not a valid SQL identifier: {name!r}")
+    return name
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb columns go in and out as Python objects, encoded by orjson.
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda value: b"\x01" + orjson.dumps(value),
+        decoder=lambda data: orjson.loads(data[1:]),
+        schema="pg_catalog",
+        format="binary",
+    )
+
+
+async def create_pool(
+    dsn: str, schema: str, *, min_size: int = 2, max_size: int = 20, **kwargs: Any
+) -> asyncpg.Pool:
+    """A pool whose connections see only ``schema`` (then ``public``) by default."""
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        server_settings={"search_path": f"{checked_identifier(schema)},public"},
+        **kwargs,
+    )
+    return pool
+
+
+async def connect(dsn: str, schema: str) -> asyncpg.Connection:
+    conn: asyncpg.Connection = await asyncpg.connect(
+        dsn, server_settings={"search_path": f"{checked_identifier(schema)},public"}
+    )
+    await _init_connection(conn)
+    return conn

@@ -1,0 +1,171 @@
+"""CloudEvents 1.0 envelopes (structured JSON mode) around frozen, schema-checked payloads.
+
+Wire form, one JSON object per Kafka message::
+
+    {"specversion": "1.0", "id": "...", "source": "/omnistock/inventory",
+     "type": "omnistock.inventory.availability-changed.v1", "subject": "<aggregate id>",
+     "time": "2026-11-29T10:00:00Z", "datacontenttype": "application/json",
+     "aggregateversion": 7, "correlationid": "...", "data": {...}}
+
+``aggregateversion`` lets readers drop stale events; ``correlationid`` ties an order's events
+together. The payload's schema version is the type's ``.vN`` suffix: changes within a version
+are additive, a breaking change is a new type.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+import msgspec
+
+from omnistock.platform.clock import ensure_utc
+
+CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"
+
+
+class EventPayload(Protocol):
+    """A contract dataclass: its ``TYPE`` and ``TOPIC`` say what it is and where it goes."""
+
+    TYPE: ClassVar[str]
+    TOPIC: ClassVar[str]
+
+
+P = TypeVar("P")
+
+
+@dataclass(frozen=True, slots=True)
+class Event(Generic[P]):
+    """A decoded, validated event as handlers see it."""
+
+    id: str
+    type: str
+    source: str
+    subject: str
+    time: datetime
+    aggregate_version: int
+    correlation_id: str
+    data: P
+
+
+class InvalidEvent(ValueError):
+    """The bytes are not a valid event: they go to the dead-letter topic with this reason."""
+
+
+class UnknownEventType(InvalidEvent):
+    pass
+
+
+class _Envelope(msgspec.Struct, frozen=True):
+    specversion: str
+    id: str
+    source: str
+    type: str
+    time: datetime
+    subject: str = ""
+    datacontenttype: str = "application/json"
+    aggregateversion: int = 0
+    correlationid: str = ""
+    data: msgspec.Raw = msgspec.Raw(b"null")
+
+
+_REGISTRY: dict[str, type[Any]] = {}
+_encoder = msgspec.json.Encoder()
+
+
+def event_type(cls: type[P]) -> type[P]:
+    """Register a contract dataclass under its ``TYPE``; a type string is registered once."""
+    name = cls.TYPE  # type: ignore[attr-defined]
+    known = _REGISTRY.get(name)
+    if known is not None and known is not cls:
+        raise ValueError(f"event type {name} is registered twice")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def registered_types() -> dict[str, type[Any]]:
+    return dict(_REGISTRY)
+
+
+def payload_class(type_name: str) -> type[Any]:
+    try:
+        return _REGISTRY[type_name]
+    except KeyError:
+        raise UnknownEventType(f"unknown event type {type_name!r}") from None
+
+
+def new_event_id() -> str:
+    return str(uuid.uuid4())
+
+
+def encode(
+    payload: Any,
+    *,
+    source: str,
+    subject: str,
+    time: datetime,
+    aggregate_version: int,
+    correlation_id: str | None = None,
+    event_id: str | None = None,
+) -> tuple[str, bytes]:
+    """Wrap a contract payload into its envelope; returns (event id, JSON bytes)."""
+    type_name = payload.TYPE
+    if _REGISTRY.get(type_name) is not type(payload):
+        raise UnknownEventType(f"{type(payload).__name__} is not a registered event type")
+    event_id = event_id or new_event_id()
+    envelope = {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": source,
+        "type": type_name,
+        "subject": subject,
+        "time": ensure_utc(time),
+        "datacontenttype": "application/json",
+        "aggregateversion": aggregate_version,
+        "correlationid": correlation_id or event_id,
+        "data": payload,
+    }
+    return event_id, _encoder.encode(envelope)
+
+
+def decode(raw: bytes | None, accept: frozenset[str] | None = None) -> Event[Any] | None:
+    """Validate an envelope and its payload against the registered schema.
+
+    Returns ``None`` for a valid envelope whose type is not in ``accept`` (a consumer skips
+    events it does not handle); raises ``InvalidEvent`` with a reason for anything malformed.
+    """
+    if raw is None:
+        raise InvalidEvent("empty message value (tombstone) where an event was expected")
+    try:
+        envelope = msgspec.json.decode(raw, type=_Envelope)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise InvalidEvent(f"invalid CloudEvents envelope: {exc}") from None
+    if envelope.specversion != "1.0":
+        raise InvalidEvent(f"unsupported CloudEvents specversion {envelope.specversion!r}")
+    if accept is not None and envelope.type not in accept:
+        return None
+    cls = payload_class(envelope.type)
+    try:
+        data = msgspec.json.decode(envelope.data, type=cls)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise InvalidEvent(f"{envelope.type}: payload does not match its schema: {exc}") from None
+    if envelope.time.tzinfo is None:
+        raise InvalidEvent("event time without a timezone")
+    return Event(
+        id=envelope.id,
+        type=envelope.type,
+        source=envelope.source,
+        subject=envelope.subject,
+        time=ensure_utc(envelope.time),
+        aggregate_version=envelope.aggregateversion,
+        correlation_id=envelope.correlationid,
+        data=data,
+    )
+
+
+def json_schema(cls: type[Any]) -> dict[str, Any]:
+    """The JSON schema of a payload class, as pinned by the contract tests."""
+    schema: dict[str, Any] = msgspec.json.schema(cls)
+    return schema

@@ -1,0 +1,127 @@
+"""Kafka clients with the settings every omnistock process shares, and topic creation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from omnistock.platform.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A topic as omnistock creates it. Compacted topics keep the latest value per key."""
+
+    name: str
+    compacted: bool = False
+    partitions: int | None = None  # None: the configured default
+    retention_ms: int | None = None
+    description: str = ""
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        # Idempotence keeps per-partition order and drops broker-side duplicates from retries.
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 2,
+        "compression.type": "lz4",
+        "message.timeout.ms": 30000,
+        "client.id": "omnistock",
+    }
+    config.update(overrides)
+    return config
+
+
+def consumer_config(settings: Settings, group: str, **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "group.id": group,
+        # Offsets are committed by hand after the effect's transaction has committed.
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+        "session.timeout.ms": 10000,
+        "heartbeat.interval.ms": 1000,
+        "max.poll.interval.ms": 300000,
+        "fetch.wait.max.ms": 20,
+        "client.id": "omnistock",
+    }
+    config.update(overrides)
+    return config
+
+
+def create_producer(settings: Settings, **overrides: Any) -> Producer:
+    return Producer(producer_config(settings, **overrides))
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+
+
+def topic_config(spec: TopicSpec, settings: Settings) -> dict[str, str]:
+    config = {"min.insync.replicas": str(settings.kafka_min_insync_replicas)}
+    if spec.compacted:
+        config.update(
+            {
+                "cleanup.policy": "compact",
+                # Keep tombstones long enough for slow readers to see deletes.
+                "delete.retention.ms": str(24 * 3600 * 1000),
+                "min.compaction.lag.ms": "0",
+                "segment.ms": str(3600 * 1000),
+            }
+        )
+    if spec.retention_ms is not None:
+        config["retention.ms"] = str(spec.retention_ms)
+    config.update(spec.config)
+    return config
+
+
+def ensure_topics(
+    settings: Settings, specs: list[TopicSpec], timeout_s: float = 30.0
+) -> dict[str, str]:
+    """Create missing topics; returns {topic: "created" | "exists"}. Existing ones are kept."""
+    admin = admin_client(settings)
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    outcome = {spec.name: "exists" for spec in specs if spec.name in existing}
+    new = [
+        NewTopic(
+            spec.name,
+            num_partitions=spec.partitions or settings.kafka_partitions,
+            replication_factor=settings.kafka_replication_factor,
+            config=topic_config(spec, settings),
+        )
+        for spec in specs
+        if spec.name not in existing
+    ]
+    if not new:
+        return outcome
+    for name, future in admin.create_topics(new, operation_timeout=timeout_s).items():
+        try:
+            future.result(timeout=timeout_s)
+            outcome[name] = "created"
+        except KafkaException as exc:
+            if exc.args and exc.args[0].name() == "TOPIC_ALREADY_EXISTS":
+                outcome[name] = "exists"
+            else:
+                raise
+    return outcome
+
+
+def delete_topics(settings: Settings, names: list[str], timeout_s: float = 30.0) -> None:
+    admin = admin_client(settings)
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    doomed = [name for name in names if name in existing]
+    if doomed:
+        for future in admin.delete_topics(doomed, operation_timeout=timeout_s).values():
+            future.result(timeout=timeout_s)
+
+
+def dead_letter_topic(consumer_group: str) -> str:
+    return f"{consumer_group}.dlq"

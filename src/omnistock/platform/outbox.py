@@ -1,0 +1,218 @@
+"""The transactional outbox and its relay.
+
+A use case calls ``add_to_outbox`` inside the transaction that changes state, so the events and
+the change commit or vanish together. The relay publishes committed rows in id order with an
+idempotent producer and marks them published only after Kafka has acknowledged them; a crash in
+between publishes them again, and consumers' inboxes absorb the duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+import structlog
+from confluent_kafka import KafkaError, Message, Producer
+from prometheus_client import Counter, Gauge
+
+from omnistock.platform import db, events, faults
+from omnistock.platform.clock import Clock
+from omnistock.platform.kafka import create_producer
+from omnistock.platform.observability import current_traceparent
+from omnistock.platform.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+PUBLISHED = Counter("omnistock_outbox_published_total", "Events published by the relay", ["schema"])
+PUBLISH_FAILURES = Counter(
+    "omnistock_outbox_publish_failures_total", "Relay batches Kafka did not acknowledge", ["schema"]
+)
+BACKLOG = Gauge("omnistock_outbox_backlog", "Unpublished outbox rows seen by the relay", ["schema"])
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """An event to publish: its payload, the aggregate it is about, and that aggregate's version."""
+
+    payload: Any
+    aggregate_id: str
+    aggregate_version: int
+    key: str | None = None  # the Kafka key; the aggregate id unless a stream keys otherwise
+    correlation_id: str | None = None
+    event_id: str | None = None
+    topic: str | None = None  # the payload's own topic unless overridden (tests, benchmarks)
+
+
+async def add_to_outbox(
+    conn: asyncpg.Connection, source: str, messages: Sequence[OutboxMessage], clock: Clock
+) -> list[str]:
+    """Write events into the outbox of the connection's schema; call inside the transaction."""
+    if not messages:
+        return []
+    now = clock.now()
+    headers = orjson.dumps({"traceparent": current_traceparent()}).decode()
+    ids, topics, keys, payloads = [], [], [], []
+    for message in messages:
+        event_id, body = events.encode(
+            message.payload,
+            source=source,
+            subject=message.aggregate_id,
+            time=now,
+            aggregate_version=message.aggregate_version,
+            correlation_id=message.correlation_id,
+            event_id=message.event_id,
+        )
+        ids.append(event_id)
+        topics.append(message.topic or message.payload.TOPIC)
+        keys.append(message.key or message.aggregate_id)
+        payloads.append(body)
+    await conn.execute(
+        """INSERT INTO outbox (event_id, topic, message_key, payload, headers)
+           SELECT e, t, k, p, $5::text::jsonb
+           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[]) AS u(e, t, k, p)""",
+        ids,
+        topics,
+        keys,
+        payloads,
+        headers,
+    )
+    return ids
+
+
+class DeliveryFailed(RuntimeError):
+    pass
+
+
+class OutboxRelay:
+    """Publishes one schema's outbox. One relay per schema is active (an advisory lock elects
+    it), which keeps per-key order; others wait on standby and take over if it dies."""
+
+    def __init__(self, settings: Settings, schema: str, producer: Producer | None = None) -> None:
+        self._settings = settings
+        self._schema = db.checked_identifier(schema)
+        self._producer = producer
+        self._wake = asyncio.Event()
+        self._lock_key = zlib.crc32(f"omnistock.outbox.{schema}".encode())
+        self.published = 0
+        self.is_leader = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Relay until ``stop`` is set; reconnects after database or broker failures."""
+        producer = self._producer or create_producer(
+            self._settings, **{"client.id": f"omnistock-relay-{self._schema}"}
+        )
+        backoff = 0.1
+        while not stop.is_set():
+            try:
+                await self._lead_and_relay(producer, stop)
+                backoff = 0.1
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, DeliveryFailed) as exc:
+                log.warning("outbox relay interrupted", schema=self._schema, error=str(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, 5.0)
+        await asyncio.to_thread(producer.flush, 10)
+
+    async def _lead_and_relay(self, producer: Producer, stop: asyncio.Event) -> None:
+        conn = await db.connect(self._settings.database_url, self._schema)
+        try:
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_key):
+                self.is_leader = False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                if stop.is_set():
+                    return
+            self.is_leader = True
+            log.info("outbox relay leading", schema=self._schema)
+            await conn.add_listener(f"{self._schema}_outbox", self._on_notify)
+            last_purge = 0.0
+            while not stop.is_set():
+                self._wake.clear()
+                count = await self.publish_batch(conn, producer)
+                if count >= self._settings.outbox_batch_size:
+                    continue
+                if time.monotonic() - last_purge > 60:
+                    await self._purge(conn)
+                    last_purge = time.monotonic()
+                waiter = asyncio.ensure_future(self._wake.wait())
+                stopper = asyncio.ensure_future(stop.wait())
+                await asyncio.wait(
+                    {waiter, stopper},
+                    timeout=self._settings.outbox_poll_interval_s,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                waiter.cancel()
+                stopper.cancel()
+        finally:
+            self.is_leader = False
+            await conn.close(timeout=5)
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def publish_batch(self, conn: asyncpg.Connection, producer: Producer) -> int:
+        rows = await conn.fetch(
+            """SELECT id, topic, message_key, payload, headers FROM outbox
+               WHERE published_at IS NULL ORDER BY id LIMIT $1""",
+            self._settings.outbox_batch_size,
+        )
+        BACKLOG.labels(self._schema).set(len(rows))
+        if not rows:
+            return 0
+        errors: list[KafkaError] = []
+
+        def delivered(error: KafkaError | None, _message: Message) -> None:
+            if error is not None:
+                errors.append(error)
+
+        for row in rows:
+            headers: list[tuple[str, str | bytes | None]] = [
+                ("content-type", events.CONTENT_TYPE.encode())
+            ]
+            traceparent = row["headers"].get("traceparent")
+            if traceparent:
+                headers.append(("traceparent", traceparent.encode()))
+            _produce(producer, row["topic"], row["message_key"], row["payload"], headers, delivered)
+        remaining = await asyncio.to_thread(producer.flush, 30)
+        if remaining or errors:
+            PUBLISH_FAILURES.labels(self._schema).inc()
+            reason = errors[0].str() if errors else f"{remaining} messages not acknowledged"
+            raise DeliveryFailed(f"Kafka did not acknowledge the batch: {reason}")
+        faults.point("relay.after_publish")
+        await conn.execute(
+            "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
+            [row["id"] for row in rows],
+        )
+        self.published += len(rows)
+        PUBLISHED.labels(self._schema).inc(len(rows))
+        return len(rows)
+
+    async def _purge(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(
+            "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)",
+            self._settings.outbox_retention_s,
+        )
+
+
+def _produce(
+    producer: Producer,
+    topic: str,
+    key: str,
+    value: bytes,
+    headers: list[tuple[str, str | bytes | None]],
+    on_delivery: Any,
+) -> None:
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+            return
+        except BufferError:
+            # The local queue is full: let librdkafka drain some deliveries, then go on.
+            producer.poll(0.05)

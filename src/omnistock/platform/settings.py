@@ -1,0 +1,47 @@
+"""Configuration from environment variables, with defaults that fit the local stack."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything a service reads from its environment (prefix ``OMNISTOCK_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="OMNISTOCK_", extra="ignore")
+
+    database_url: str = "postgresql://omnistock:omnistock@127.0.0.1:15432/omnistock"
+    db_pool_min: int = Field(default=2, ge=1)
+    db_pool_max: int = Field(default=20, ge=1)
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    # Topics are created with this many partitions and this replication factor; production
+    # clusters want 3 replicas and min.insync.replicas=2.
+    kafka_partitions: int = Field(default=6, ge=1)
+    kafka_replication_factor: int = Field(default=1, ge=1)
+    kafka_min_insync_replicas: int = Field(default=1, ge=1)
+    legacy_mysql_url: str = "mysql://omnistock:omnistock@127.0.0.1:13306/legacy"
+
+    # Local tokens are HS256 with this secret; set jwks_url to verify an identity provider's tokens.
+    jwt_secret: str = "omnistock-local-development-secret-change-me"  # noqa: S105 - local only
+    jwt_issuer: str = "omnistock-local"
+    jwt_audience: str = "omnistock"
+    jwks_url: str | None = None
+
+    log_level: str = "INFO"
+    log_json: bool = True
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+
+    outbox_batch_size: int = Field(default=1000, ge=1)
+    outbox_poll_interval_s: float = Field(default=0.5, gt=0)
+    outbox_retention_s: float = Field(default=3600, ge=0)
+    consumer_batch_size: int = Field(default=500, ge=1)
+    consumer_max_attempts: int = Field(default=5, ge=1)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,50 @@
+"""The composition root's list of services: where their code, migrations and app live."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from omnistock.platform.consumer import Subscription
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceInfo:
+    name: str
+    package: str
+    app_factory: str  # "module:function" building the FastAPI app
+    subscriptions: str | None = None  # "module:function" returning its consumer subscriptions
+
+    @property
+    def schema(self) -> str:
+        return self.name.replace("-", "_")
+
+    def build_app(self, **kwargs: Any) -> Any:
+        return _load(self.app_factory)(**kwargs)
+
+    def load_subscriptions(self) -> list[Subscription]:
+        if self.subscriptions is None:
+            return []
+        result: list[Subscription] = _load(self.subscriptions)()
+        return result
+
+
+def _load(target: str) -> Callable[..., Any]:
+    module, _, attribute = target.partition(":")
+    loaded: Callable[..., Any] = getattr(importlib.import_module(module), attribute)
+    return loaded
+
+
+SERVICES: dict[str, ServiceInfo] = {
+    info.name: info
+    for info in [
+        ServiceInfo(
+            "demo",
+            "omnistock.demo",
+            "omnistock.demo.api:build_app",
+            "omnistock.demo.consumers:subscriptions",
+        ),
+    ]
+}

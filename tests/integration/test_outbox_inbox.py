@@ -1,0 +1,194 @@
+"""The outbox → Kafka → inbox path against the real broker and database, with real kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+
+from omnistock.demo import service
+from omnistock.platform.clock import SystemClock
+from tests.integration.conftest import (
+    Sandbox,
+    read_topic,
+    start_consumer,
+    start_relay,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+clock = SystemClock()
+
+
+async def send(sandbox: Sandbox, stream: str, count: int, per_transaction: int = 50) -> None:
+    for start in range(0, count, per_transaction):
+        async with sandbox.pool.acquire() as conn, conn.transaction():
+            size = min(per_transaction, count - start)
+            await service.send_pings(
+                conn, stream, [f"m{start + i}" for i in range(size)], clock, topic=sandbox.topic
+            )
+
+
+async def count(sandbox: Sandbox, sql: str) -> int:
+    value: int = await sandbox.pool.fetchval(sql)
+    return value
+
+
+async def wait_count(sandbox: Sandbox, sql: str, expected: int, timeout_s: float = 60) -> None:
+    async def reached() -> bool:
+        return await count(sandbox, sql) == expected
+
+    await wait_for(reached, timeout_s, what=f"{sql} == {expected}")
+
+
+async def assert_each_ping_applied_once(sandbox: Sandbox, expected: int) -> None:
+    assert await service.unapplied_pings(sandbox.pool) == 0
+    assert await count(sandbox, "SELECT count(*) FROM pongs") == expected
+    assert await count(sandbox, "SELECT count(*) FROM inbox") == expected
+
+
+async def test_relay_killed_between_publish_and_mark_duplicates_are_absorbed(
+    sandbox: Sandbox, processes
+) -> None:
+    await send(sandbox, "alpha", 300)
+    relay = processes(start_relay(sandbox, faults="relay.after_publish:kill"))
+    await asyncio.to_thread(relay.join, 60)
+    assert relay.exitcode == -9, "the relay should have been killed right after publishing"
+    # Published but not marked: exactly the state a crash at the worst moment leaves.
+    assert await count(sandbox, "SELECT count(*) FROM outbox WHERE published_at IS NULL") == 300
+    first_pass = len(await asyncio.to_thread(read_topic, sandbox.settings, sandbox.topic))
+    assert first_pass == 300
+
+    processes(start_relay(sandbox))
+    processes(start_consumer(sandbox))
+    await wait_count(sandbox, "SELECT count(*) FROM outbox WHERE published_at IS NULL", 0)
+    assert len(await asyncio.to_thread(read_topic, sandbox.settings, sandbox.topic)) == 600
+    await wait_count(sandbox, "SELECT count(*) FROM pongs", 300)
+    await asyncio.sleep(1.0)  # give duplicates time to arrive: they must change nothing
+    await assert_each_ping_applied_once(sandbox, 300)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "consumer.before_commit:kill@3",  # effect committed, offset not: redelivery hits the inbox
+        "consumer.mid_batch:kill@2",  # killed inside the transaction: it rolls back
+    ],
+)
+async def test_consumer_killed_mid_batch_resumes_without_loss_or_double_apply(
+    sandbox: Sandbox, processes, fault: str
+) -> None:
+    await send(sandbox, "beta", 3000, per_transaction=100)
+    await send(sandbox, "gamma", 2000, per_transaction=100)
+    processes(start_relay(sandbox))
+    consumer = processes(start_consumer(sandbox, faults=fault))
+    await asyncio.to_thread(consumer.join, 90)
+    assert consumer.exitcode == -9
+    applied_before = await count(sandbox, "SELECT count(*) FROM pongs")
+    assert 0 < applied_before < 5000
+
+    processes(start_consumer(sandbox))
+    await wait_count(sandbox, "SELECT count(*) FROM pongs", 5000)
+    await asyncio.sleep(1.0)
+    await assert_each_ping_applied_once(sandbox, 5000)
+
+
+async def test_consumer_killed_at_random_moments_by_kill_9(sandbox: Sandbox, processes) -> None:
+    rng = random.Random(7)
+    await send(sandbox, "delta", 6000, per_transaction=200)
+    processes(start_relay(sandbox))
+    for _ in range(3):
+        consumer = processes(start_consumer(sandbox))
+        before = await count(sandbox, "SELECT count(*) FROM pongs")
+
+        async def progressed(before: int = before) -> bool:
+            return await count(sandbox, "SELECT count(*) FROM pongs") > before
+
+        await wait_for(progressed, what="some progress")
+        await asyncio.sleep(rng.uniform(0.0, 0.3))
+        consumer.kill()
+        await asyncio.to_thread(consumer.join, 10)
+        assert consumer.exitcode == -9
+    processes(start_consumer(sandbox))
+    await wait_count(sandbox, "SELECT count(*) FROM pongs", 6000)
+    await assert_each_ping_applied_once(sandbox, 6000)
+
+
+async def test_malformed_events_go_to_the_dead_letter_topic_and_the_consumer_carries_on(
+    sandbox: Sandbox, processes
+) -> None:
+    from confluent_kafka import Producer
+
+    from omnistock.contracts.demo import PingSent
+    from omnistock.platform import events
+
+    producer = Producer({"bootstrap.servers": sandbox.settings.kafka_bootstrap})
+    _, bad_schema = events.encode(
+        PingSent(ping_id="p", stream="s", sequence=1, message="m", sent_at_ns=0),
+        source="/test",
+        subject="s",
+        time=clock.now(),
+        aggregate_version=1,
+    )
+    bad_schema = bad_schema.replace(b'"sequence":1', b'"sequence":"one"')
+    producer.produce(sandbox.topic, key="s", value=b"{not json")
+    producer.produce(sandbox.topic, key="s", value=bad_schema)
+    producer.flush(10)
+    await send(sandbox, "epsilon", 20)
+    # The same ping under a second event id: the handler's unique key refuses it every time.
+    async with sandbox.pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow("SELECT payload FROM outbox ORDER BY id LIMIT 1")
+        first = events.decode(row["payload"])
+        assert first is not None
+        await conn.execute(
+            "INSERT INTO outbox (event_id, topic, message_key, payload) VALUES ($1, $2, $3, $4)",
+            events.new_event_id(),
+            sandbox.topic,
+            "epsilon",
+            events.encode(
+                first.data, source="/test", subject="epsilon", time=clock.now(), aggregate_version=1
+            )[1],
+        )
+    await send(sandbox, "epsilon", 20)
+
+    processes(start_relay(sandbox))
+    consumer = processes(start_consumer(sandbox))
+    await wait_count(sandbox, "SELECT count(*) FROM pongs", 40)
+
+    async def three_dead_letters() -> list[Any] | None:
+        parked = await asyncio.to_thread(read_topic, sandbox.settings, sandbox.dead_letter_topic, 2)
+        return parked if len(parked) >= 3 else None
+
+    dead = await wait_for(three_dead_letters, what="three dead letters")
+    reasons = sorted(dict(m.headers())["dlq.reason"].decode() for m in dead)
+    assert len(dead) == 3
+    assert any("invalid CloudEvents envelope" in r for r in reasons)
+    assert any("payload does not match its schema" in r and "sequence" in r for r in reasons)
+    assert any("handler failed" in r and "UniqueViolation" in r for r in reasons)
+    assert consumer.is_alive()
+    await assert_each_ping_applied_once(sandbox, 40)
+
+
+async def test_events_with_the_same_key_arrive_in_order(sandbox: Sandbox, processes) -> None:
+    streams = [f"s{n}" for n in range(12)]
+
+    async def writer(stream: str) -> None:
+        for _ in range(20):
+            async with sandbox.pool.acquire() as conn, conn.transaction():
+                await service.send_pings(conn, stream, ["a", "b", "c"], clock, topic=sandbox.topic)
+
+    processes(start_relay(sandbox))
+    processes(start_consumer(sandbox))
+    await asyncio.gather(*(writer(stream) for stream in streams))
+    total = len(streams) * 60
+    await wait_count(sandbox, "SELECT count(*) FROM pongs", total)
+    for stream in streams:
+        sequences = [
+            r["sequence"]
+            for r in await sandbox.pool.fetch(
+                "SELECT sequence FROM pongs WHERE stream = $1 ORDER BY applied_order", stream
+            )
+        ]
+        assert sequences == list(range(1, 61)), f"{stream} arrived out of order"
