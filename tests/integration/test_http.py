@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
@@ -13,7 +14,7 @@ from omnistock.demo.api import build_app
 from omnistock.platform.auth import mint_token
 from omnistock.platform.http import PUBLIC_PATHS
 from omnistock.services import SERVICES
-from tests.integration.conftest import Sandbox, wait_for
+from tests.integration.conftest import Sandbox, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -130,7 +131,13 @@ async def test_a_repeated_idempotency_key_returns_the_first_answer_and_writes_no
     assert first.json() == second.json()
     assert second.headers["idempotent-replayed"] == "true"
     assert await sandbox.pool.fetchval("SELECT count(*) FROM pings") == 1
-    assert await sandbox.pool.fetchval("SELECT count(*) FROM outbox") == 1
+
+    async def applied() -> bool:
+        return bool(await sandbox.pool.fetchval("SELECT count(*) FROM pongs") == 1)
+
+    await wait_for(applied, what="the one ping to be applied")
+    published = await asyncio.to_thread(read_topic, sandbox.settings, sandbox.topic)
+    assert len(published) == 1, "a replayed request must not publish its event again"
     reused = await client.post("/v1/pings", json={**body, "messages": ["two"]}, headers=headers)
     assert reused.status_code == 422
     assert reused.json()["errors"][0]["field"] == "header.Idempotency-Key"
@@ -154,6 +161,7 @@ async def test_bad_input_names_the_field_and_changes_nothing(
     assert missing_key.json()["errors"][0]["field"] == "header.Idempotency-Key"
     assert await sandbox.pool.fetchval("SELECT count(*) FROM pings") == 0
     assert await sandbox.pool.fetchval("SELECT count(*) FROM outbox") == 0
+    assert await asyncio.to_thread(read_topic, sandbox.settings, sandbox.topic) == []
 
 
 async def test_unknown_routes_answer_problem_json(

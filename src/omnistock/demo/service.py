@@ -40,10 +40,15 @@ async def send_pings(
                 sent_at_ns=time.time_ns(),
             )
         )
-    await conn.executemany(
+    await conn.execute(
         """INSERT INTO pings (ping_id, stream, sequence, message, sent_at)
-           VALUES ($1, $2, $3, $4, $5)""",
-        [(p.ping_id, p.stream, p.sequence, p.message, now) for p in pings],
+           SELECT i, $1, q, m, $5
+           FROM unnest($2::uuid[], $3::bigint[], $4::text[]) AS u(i, q, m)""",
+        stream,
+        [p.ping_id for p in pings],
+        [p.sequence for p in pings],
+        [p.message for p in pings],
+        now,
     )
     await add_to_outbox(
         conn,
@@ -60,13 +65,17 @@ async def send_pings(
 async def apply_pings(conn: asyncpg.Connection, batch: Sequence[events.Event[PingSent]]) -> None:
     """The consumer's effect: one pong per ping."""
     applied_at = time.time_ns()
-    await conn.executemany(
+    # One statement for the whole run: unnest keeps the batch's order for applied_order.
+    await conn.execute(
         """INSERT INTO pongs (ping_id, stream, sequence, sent_at_ns, applied_at_ns)
-           VALUES ($1, $2, $3, $4, $5)""",
-        [
-            (e.data.ping_id, e.data.stream, e.data.sequence, e.data.sent_at_ns, applied_at)
-            for e in batch
-        ],
+           SELECT i, s, q, t, $5
+           FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[])
+                WITH ORDINALITY AS u(i, s, q, t, n) ORDER BY n""",
+        [e.data.ping_id for e in batch],
+        [e.data.stream for e in batch],
+        [e.data.sequence for e in batch],
+        [e.data.sent_at_ns for e in batch],
+        applied_at,
     )
 
 

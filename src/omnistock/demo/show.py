@@ -151,7 +151,8 @@ async def send(client: httpx.AsyncClient, stream: str, tally: Tally) -> None:
 
 async def counts(pool: asyncpg.Pool) -> dict[str, int]:
     row = await pool.fetchrow(
-        """SELECT (SELECT count(*) FROM outbox WHERE published_at IS NOT NULL) AS published,
+        """SELECT (SELECT count(*) FROM pings) AS pings,
+                  (SELECT count(*) FROM outbox) AS unpublished,
                   (SELECT count(*) FROM pongs) AS applied"""
     )
     return dict(row)
@@ -159,7 +160,8 @@ async def counts(pool: asyncpg.Pool) -> dict[str, int]:
 
 async def update(pool: asyncpg.Pool, tally: Tally, baseline: dict[str, int]) -> None:
     now = await counts(pool)
-    tally.published = now["published"] - baseline["published"]
+    # Each ping has one event; it has left the outbox once Kafka acknowledged it.
+    tally.published = now["pings"] - baseline["pings"] - now["unpublished"]
     tally.applied = now["applied"] - baseline["applied"]
 
 

@@ -88,9 +88,7 @@ class EventConsumer:
         )
         try:
             while not stop.is_set():
-                messages = await asyncio.to_thread(
-                    consumer.consume, self._settings.consumer_batch_size, 0.2
-                )
+                messages = await asyncio.to_thread(self._next_batch, consumer)
                 if messages:
                     await self._process(consumer, messages, stop)
         finally:
@@ -98,6 +96,15 @@ class EventConsumer:
             # for the session timeout; everything processed has already been committed.
             await asyncio.to_thread(consumer.close)
             await asyncio.to_thread(self._dlq.flush, 10)
+
+    def _next_batch(self, consumer: Consumer) -> list[Message]:
+        # consume(n, timeout) waits until it has n messages or the timeout passes, which at a
+        # low rate adds the whole timeout to every event's latency. Wait for the first message
+        # only, then take what has already been fetched.
+        first = consumer.poll(0.2)
+        if first is None:
+            return []
+        return [first, *consumer.consume(self._settings.consumer_batch_size - 1, 0)]
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned = list(partitions)

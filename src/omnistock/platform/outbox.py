@@ -1,18 +1,18 @@
 """The transactional outbox and its relay.
 
 A use case calls ``add_to_outbox`` inside the transaction that changes state, so the events and
-the change commit or vanish together. The relay publishes committed rows in id order with an
-idempotent producer and marks them published only after Kafka has acknowledged them; a crash in
-between publishes them again, and consumers' inboxes absorb the duplicates.
+the change commit or vanish together. The relay takes committed rows in id order, publishes them
+with an idempotent producer and deletes them in a transaction that commits only after Kafka has
+acknowledged them; a crash in between publishes them again, and consumers' inboxes absorb the
+duplicates.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,15 +91,16 @@ class DeliveryFailed(RuntimeError):
 
 
 class OutboxRelay:
-    """Publishes one schema's outbox. One relay per schema is active (an advisory lock elects
-    it), which keeps per-key order; others wait on standby and take over if it dies."""
+    """Publishes one schema's outbox. One relay per schema is active, elected by a session
+    advisory lock, which keeps per-key order; a standby blocks on the lock and takes over the
+    moment the leader's connection ends."""
 
     def __init__(self, settings: Settings, schema: str, producer: Producer | None = None) -> None:
         self._settings = settings
         self._schema = db.checked_identifier(schema)
         self._producer = producer
         self._wake = asyncio.Event()
-        self._lock_key = zlib.crc32(f"omnistock.outbox.{schema}".encode())
+        self.lock_key = zlib.crc32(f"omnistock.outbox.{schema}".encode())
         self.published = 0
         self.is_leader = False
 
@@ -123,33 +124,18 @@ class OutboxRelay:
     async def _lead_and_relay(self, producer: Producer, stop: asyncio.Event) -> None:
         conn = await db.connect(self._settings.database_url, self._schema)
         try:
-            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_key):
-                self.is_leader = False
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
-                if stop.is_set():
-                    return
+            if not await _until_stopped(
+                conn.execute("SELECT pg_advisory_lock($1)", self.lock_key), stop
+            ):
+                return
             self.is_leader = True
             log.info("outbox relay leading", schema=self._schema)
             await conn.add_listener(f"{self._schema}_outbox", self._on_notify)
-            last_purge = 0.0
             while not stop.is_set():
                 self._wake.clear()
-                count = await self.publish_batch(conn, producer)
-                if count >= self._settings.outbox_batch_size:
+                if await self.publish_batch(conn, producer) >= self._settings.outbox_batch_size:
                     continue
-                if time.monotonic() - last_purge > 60:
-                    await self._purge(conn)
-                    last_purge = time.monotonic()
-                waiter = asyncio.ensure_future(self._wake.wait())
-                stopper = asyncio.ensure_future(stop.wait())
-                await asyncio.wait(
-                    {waiter, stopper},
-                    timeout=self._settings.outbox_poll_interval_s,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                waiter.cancel()
-                stopper.cancel()
+                await _until_stopped(self._wake.wait(), stop, self._settings.outbox_poll_interval_s)
         finally:
             self.is_leader = False
             await conn.close(timeout=5)
@@ -158,14 +144,26 @@ class OutboxRelay:
         self._wake.set()
 
     async def publish_batch(self, conn: asyncpg.Connection, producer: Producer) -> int:
-        rows = await conn.fetch(
-            """SELECT id, topic, message_key, payload, headers FROM outbox
-               WHERE published_at IS NULL ORDER BY id LIMIT $1""",
-            self._settings.outbox_batch_size,
-        )
+        """Publish the oldest rows; they leave the outbox only once Kafka acknowledged them."""
+        async with conn.transaction():
+            rows = await conn.fetch(
+                """DELETE FROM outbox WHERE id IN (
+                       SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE)
+                   RETURNING id, topic, message_key, payload, headers""",
+                self._settings.outbox_batch_size,
+            )
+            if not rows:
+                BACKLOG.labels(self._schema).set(0)
+                return 0
+            rows.sort(key=lambda row: row["id"])  # RETURNING promises no order
+            await self._publish(rows, producer)
+            faults.point("relay.after_publish")
+        self.published += len(rows)
+        PUBLISHED.labels(self._schema).inc(len(rows))
         BACKLOG.labels(self._schema).set(len(rows))
-        if not rows:
-            return 0
+        return len(rows)
+
+    async def _publish(self, rows: list[asyncpg.Record], producer: Producer) -> None:
         errors: list[KafkaError] = []
 
         def delivered(error: KafkaError | None, _message: Message) -> None:
@@ -185,20 +183,25 @@ class OutboxRelay:
             PUBLISH_FAILURES.labels(self._schema).inc()
             reason = errors[0].str() if errors else f"{remaining} messages not acknowledged"
             raise DeliveryFailed(f"Kafka did not acknowledge the batch: {reason}")
-        faults.point("relay.after_publish")
-        await conn.execute(
-            "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
-            [row["id"] for row in rows],
-        )
-        self.published += len(rows)
-        PUBLISHED.labels(self._schema).inc(len(rows))
-        return len(rows)
 
-    async def _purge(self, conn: asyncpg.Connection) -> None:
-        await conn.execute(
-            "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)",
-            self._settings.outbox_retention_s,
-        )
+
+async def _until_stopped(
+    work: Awaitable[Any], stop: asyncio.Event, limit_s: float | None = None
+) -> bool:
+    """Await ``work`` unless ``stop`` comes first (or ``limit_s`` passes); True if it finished."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait(
+        {task, stopper}, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED
+    )
+    stopper.cancel()
+    if task not in done:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return False
+    task.result()
+    return True
 
 
 def _produce(

@@ -37,7 +37,6 @@ class Settings(BaseSettings):
 
     outbox_batch_size: int = Field(default=1000, ge=1)
     outbox_poll_interval_s: float = Field(default=0.5, gt=0)
-    outbox_retention_s: float = Field(default=3600, ge=0)
     consumer_batch_size: int = Field(default=500, ge=1)
     consumer_max_attempts: int = Field(default=5, ge=1)
 

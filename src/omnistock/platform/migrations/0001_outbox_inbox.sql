@@ -1,16 +1,16 @@
 -- The transactional outbox: events written in the same transaction as the state change that
--- caused them; the relay publishes them in id order and marks them published.
+-- caused them. The relay deletes a batch in id order, publishes it, and commits the delete only
+-- once Kafka has acknowledged every message: a row here is an event not yet known to be
+-- published. Kafka, not this table, is the log that is replayed.
 CREATE TABLE outbox (
     id bigserial PRIMARY KEY,
-    event_id uuid NOT NULL UNIQUE,
+    event_id uuid NOT NULL,
     topic text NOT NULL,
     message_key text NOT NULL,
     payload bytea NOT NULL,
     headers jsonb NOT NULL DEFAULT '{}'::jsonb,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    published_at timestamptz
+    created_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX outbox_unpublished ON outbox (id) WHERE published_at IS NULL;
 
 -- Wake the relay at once instead of waiting for its next poll. NOTIFY folds identical
 -- notifications of one transaction into one, so a batch of events costs one wake-up.
