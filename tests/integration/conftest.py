@@ -103,9 +103,15 @@ def start_relay(sandbox: Sandbox, faults: str = "") -> BaseProcess:
     return workers.start_relay(sandbox.settings, sandbox.schema, {"OMNISTOCK_FAULTS": faults})
 
 
-def start_consumer(sandbox: Sandbox, faults: str = "") -> BaseProcess:
+def start_consumer(
+    sandbox: Sandbox, faults: str = "", instance_id: str | None = None
+) -> BaseProcess:
+    # Small batches, so that a crash lands in the middle of the stream, not after its end.
+    settings = sandbox.settings.model_copy(
+        update={"consumer_batch_size": 100, "consumer_instance_id": instance_id}
+    )
     return workers.start_consumer(
-        sandbox.settings, sandbox.schema, sandbox.topic, sandbox.group, {"OMNISTOCK_FAULTS": faults}
+        settings, sandbox.schema, sandbox.topic, sandbox.group, {"OMNISTOCK_FAULTS": faults}
     )
 
 

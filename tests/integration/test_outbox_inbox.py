@@ -96,24 +96,30 @@ async def test_consumer_killed_mid_batch_resumes_without_loss_or_double_apply(
 
 
 async def test_consumer_killed_at_random_moments_by_kill_9(sandbox: Sandbox, processes) -> None:
+    """Static membership: each restart takes the partitions back at once, no session timeout."""
     rng = random.Random(7)
-    await send(sandbox, "delta", 6000, per_transaction=200)
+    total = 20_000
+    await send(sandbox, "delta", total, per_transaction=500)
     processes(start_relay(sandbox))
-    for _ in range(3):
-        consumer = processes(start_consumer(sandbox))
+    kills = 0
+    while kills < 3:
+        consumer = processes(start_consumer(sandbox, instance_id="crash-test-consumer"))
         before = await count(sandbox, "SELECT count(*) FROM pongs")
 
         async def progressed(before: int = before) -> bool:
             return await count(sandbox, "SELECT count(*) FROM pongs") > before
 
         await wait_for(progressed, what="some progress")
-        await asyncio.sleep(rng.uniform(0.0, 0.3))
+        await asyncio.sleep(rng.uniform(0.0, 0.05))
         consumer.kill()
         await asyncio.to_thread(consumer.join, 10)
         assert consumer.exitcode == -9
-    processes(start_consumer(sandbox))
-    await wait_count(sandbox, "SELECT count(*) FROM pongs", 6000)
-    await assert_each_ping_applied_once(sandbox, 6000)
+        kills += 1
+    assert await count(sandbox, "SELECT count(*) FROM pongs") < total, "no kill landed mid-stream"
+    processes(start_consumer(sandbox, instance_id="crash-test-consumer"))
+    await wait_count(sandbox, "SELECT count(*) FROM pongs", total)
+    await asyncio.sleep(1.0)
+    await assert_each_ping_applied_once(sandbox, total)
 
 
 async def test_malformed_events_go_to_the_dead_letter_topic_and_the_consumer_carries_on(

@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 import structlog
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import Counter, Gauge
 
 from omnistock.platform import events, faults
@@ -73,11 +73,12 @@ class EventConsumer:
         self._settings = settings
         self._pool = pool
         self._sub = subscription
-        self._accept = frozenset(subscription.handlers)
+        self._decoder = events.EventDecoder(frozenset(subscription.handlers))
         self._dlq = dead_letter_producer
         self._consumer: Consumer | None = None
         self.applied = 0
         self.assigned: list[TopicPartition] = []
+        self._applied: dict[tuple[str, int], int] = {}  # next offsets, committed asynchronously
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = Consumer(consumer_config(self._settings, self._sub.group, **self._sub.config))
@@ -86,14 +87,28 @@ class EventConsumer:
         consumer.subscribe(
             list(self._sub.topics), on_assign=self._on_assign, on_revoke=self._on_revoke
         )
+        # While one batch is applied (waiting on the database), the next is fetched and decoded.
+        # Batches are still applied one after the other, in order.
+        applying: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
                 messages = await asyncio.to_thread(self._next_batch, consumer)
+                decoded = self._decode(messages)
+                if applying is not None:
+                    await applying
+                    applying = None
                 if messages:
-                    await self._process(consumer, messages, stop)
+                    applying = asyncio.create_task(self._process(consumer, messages, decoded, stop))
+            if applying is not None:
+                await applying
         finally:
+            if applying is not None and not applying.done():
+                applying.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await applying
             # Close leaves the group at once, so partitions move to a survivor without waiting
-            # for the session timeout; everything processed has already been committed.
+            # for the session timeout; what was applied is committed first.
+            await asyncio.to_thread(self._commit_applied, consumer)
             await asyncio.to_thread(consumer.close)
             await asyncio.to_thread(self._dlq.flush, 10)
 
@@ -110,15 +125,27 @@ class EventConsumer:
         self.assigned = list(partitions)
         log.info("partitions assigned", group=self._sub.group, count=len(partitions))
 
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Offsets are committed synchronously after every batch, before the next poll, and this
-        # callback only runs inside a poll: nothing processed is left uncommitted here.
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # This runs inside a poll. Offsets of applied batches were committed asynchronously:
+        # make sure they have landed before the partitions move, so the next owner starts
+        # where this one stopped. A batch still being applied commits its offsets too late
+        # for this generation; the next owner gets it again and its inbox drops it.
+        self._commit_applied(consumer)
         self.assigned = []
         log.info("partitions revoked", group=self._sub.group, count=len(partitions))
 
-    async def _process(
-        self, consumer: Consumer, messages: list[Message], stop: asyncio.Event
-    ) -> None:
+    def _commit_applied(self, consumer: Consumer) -> None:
+        if not self._applied:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self._applied.items()]
+        self._applied.clear()
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # Losing the commit only means redelivery, which the inbox absorbs.
+            log.warning("offset commit failed", group=self._sub.group, error=str(exc))
+
+    def _decode(self, messages: list[Message]) -> list[_Decoded]:
         decoded: list[_Decoded] = []
         for message in messages:
             error = message.error()
@@ -127,9 +154,18 @@ class EventConsumer:
                     log.warning("consume error", error=str(error))
                 continue
             try:
-                decoded.append(_Decoded(message, events.decode(message.value(), self._accept)))
+                decoded.append(_Decoded(message, self._decoder.decode(message.value())))
             except events.InvalidEvent as exc:
                 decoded.append(_Decoded(message, error=str(exc)))
+        return decoded
+
+    async def _process(
+        self,
+        consumer: Consumer,
+        messages: list[Message],
+        decoded: list[_Decoded],
+        stop: asyncio.Event,
+    ) -> None:
         for item in decoded:
             if item.error is not None:
                 await self._dead_letter(item.message, item.error)
@@ -139,7 +175,11 @@ class EventConsumer:
         offsets = _next_offsets(messages)
         if offsets:
             faults.point("consumer.before_commit")
-            await asyncio.to_thread(consumer.commit, offsets=offsets, asynchronous=False)
+            # Asynchronous: the effect is already durable, and a commit lost in a crash only
+            # means redelivery, which the inbox absorbs. Saves a broker round trip per batch.
+            consumer.commit(offsets=offsets, asynchronous=True)
+            for tp in offsets:
+                self._applied[(tp.topic, tp.partition)] = tp.offset
 
     async def _apply_with_retry(self, batch: list[_Decoded], stop: asyncio.Event) -> bool:
         """Apply the batch in one transaction; False if asked to stop while it kept failing."""

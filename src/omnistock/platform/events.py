@@ -15,9 +15,8 @@ are additive, a breaking change is a new type.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, Union
 
 import msgspec
 
@@ -36,9 +35,9 @@ class EventPayload(Protocol):
 P = TypeVar("P")
 
 
-@dataclass(frozen=True, slots=True)
-class Event(Generic[P]):
-    """A decoded, validated event as handlers see it."""
+class Event(msgspec.Struct, Generic[P], frozen=True, gc=False):
+    """A decoded, validated event as handlers see it (a struct: several times cheaper to build
+    than a frozen dataclass, which matters at tens of thousands of events per second)."""
 
     id: str
     type: str
@@ -130,39 +129,101 @@ def encode(
     return event_id, _encoder.encode(envelope)
 
 
-def decode(raw: bytes | None, accept: frozenset[str] | None = None) -> Event[Any] | None:
-    """Validate an envelope and its payload against the registered schema.
+class EventDecoder:
+    """Decodes and validates envelopes of the given types in one pass over the JSON.
 
-    Returns ``None`` for a valid envelope whose type is not in ``accept`` (a consumer skips
-    events it does not handle); raises ``InvalidEvent`` with a reason for anything malformed.
+    Each accepted type gets an envelope struct tagged by its ``type`` string, so the payload is
+    validated against its schema while the envelope is parsed. Anything the fast path refuses
+    is decoded again, slowly, to say precisely why.
     """
-    if raw is None:
-        raise InvalidEvent("empty message value (tombstone) where an event was expected")
-    try:
-        envelope = msgspec.json.decode(raw, type=_Envelope)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise InvalidEvent(f"invalid CloudEvents envelope: {exc}") from None
-    if envelope.specversion != "1.0":
-        raise InvalidEvent(f"unsupported CloudEvents specversion {envelope.specversion!r}")
-    if accept is not None and envelope.type not in accept:
-        return None
-    cls = payload_class(envelope.type)
-    try:
-        data = msgspec.json.decode(envelope.data, type=cls)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise InvalidEvent(f"{envelope.type}: payload does not match its schema: {exc}") from None
-    if envelope.time.tzinfo is None:
-        raise InvalidEvent("event time without a timezone")
+
+    def __init__(self, accept: frozenset[str] | None = None) -> None:
+        names = sorted(accept if accept is not None else _REGISTRY)
+        self._accept = frozenset(names)
+        self._accept_any = accept is None  # then an unregistered type is an error, not a skip
+        structs = [
+            _tagged_envelope(name, payload_class(name)) for name in names if name in _REGISTRY
+        ]
+        self._fast: msgspec.json.Decoder[Any] | None = (
+            msgspec.json.Decoder(Union[tuple(structs)]) if structs else None  # noqa: UP007
+        )
+
+    def decode(self, raw: bytes | None) -> Event[Any] | None:
+        """The event, ``None`` for a valid envelope of a type not accepted, or InvalidEvent."""
+        if raw is None:
+            raise InvalidEvent("empty message value (tombstone) where an event was expected")
+        if self._fast is not None:
+            try:
+                envelope = self._fast.decode(raw)
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                pass
+            else:
+                if envelope.specversion == "1.0":
+                    return _event(envelope, envelope.type_name, envelope.data)
+        return self._diagnose(raw)
+
+    def _diagnose(self, raw: bytes) -> Event[Any] | None:
+        try:
+            envelope = msgspec.json.decode(raw, type=_Envelope)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise InvalidEvent(f"invalid CloudEvents envelope: {exc}") from None
+        if envelope.specversion != "1.0":
+            raise InvalidEvent(f"unsupported CloudEvents specversion {envelope.specversion!r}")
+        if envelope.type not in self._accept and not self._accept_any:
+            return None
+        cls = payload_class(envelope.type)
+        try:
+            data = msgspec.json.decode(envelope.data, type=cls)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise InvalidEvent(
+                f"{envelope.type}: payload does not match its schema: {exc}"
+            ) from None
+        return _event(envelope, envelope.type, data)
+
+
+def _tagged_envelope(type_name: str, cls: type[Any]) -> type[msgspec.Struct]:
+    struct: type[msgspec.Struct] = msgspec.defstruct(
+        "Envelope",
+        [
+            ("specversion", str),
+            ("id", str),
+            ("source", str),
+            ("time", datetime),
+            ("data", cls),
+            ("subject", str, ""),
+            ("datacontenttype", str, "application/json"),
+            ("aggregateversion", int, 0),
+            ("correlationid", str, ""),
+        ],
+        tag_field="type",
+        tag=type_name,
+        frozen=True,
+    )
+    struct.type_name = type_name  # type: ignore[attr-defined]
+    return struct
+
+
+def _event(envelope: Any, type_name: str, data: Any) -> Event[Any]:
+    when: datetime = envelope.time
+    if when.tzinfo is not UTC:
+        if when.tzinfo is None:
+            raise InvalidEvent("event time without a timezone")
+        when = ensure_utc(when)
     return Event(
         id=envelope.id,
-        type=envelope.type,
+        type=type_name,
         source=envelope.source,
         subject=envelope.subject,
-        time=ensure_utc(envelope.time),
+        time=when,
         aggregate_version=envelope.aggregateversion,
         correlation_id=envelope.correlationid,
         data=data,
     )
+
+
+def decode(raw: bytes | None, accept: frozenset[str] | None = None) -> Event[Any] | None:
+    """Decode one event; see ``EventDecoder`` (which a consumer keeps, to decode many)."""
+    return EventDecoder(accept).decode(raw)
 
 
 def json_schema(cls: type[Any]) -> dict[str, Any]:

@@ -53,6 +53,8 @@ def consumer_config(settings: Settings, group: str, **overrides: Any) -> dict[st
         "fetch.wait.max.ms": 20,
         "client.id": "omnistock",
     }
+    if settings.consumer_instance_id:
+        config["group.instance.id"] = settings.consumer_instance_id
     config.update(overrides)
     return config
 

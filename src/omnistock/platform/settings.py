@@ -35,10 +35,14 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8000
 
-    outbox_batch_size: int = Field(default=1000, ge=1)
+    outbox_batch_size: int = Field(default=2000, ge=1)
     outbox_poll_interval_s: float = Field(default=0.5, gt=0)
-    consumer_batch_size: int = Field(default=500, ge=1)
+    consumer_batch_size: int = Field(default=2000, ge=1)
     consumer_max_attempts: int = Field(default=5, ge=1)
+    # Static group membership (e.g. the pod name of a StatefulSet): a consumer restarted under
+    # the same id gets its partitions back at once instead of after a session timeout and a
+    # rebalance of the whole group.
+    consumer_instance_id: str | None = None
 
 
 @lru_cache(maxsize=1)
