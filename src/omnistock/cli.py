@@ -210,7 +210,7 @@ def contracts(
 
 @app.command()
 def bench(
-    name: Annotated[str, typer.Argument(help="outbox")],
+    name: Annotated[str, typer.Argument(help="outbox | codec")],
     json: Annotated[
         bool, typer.Option("--json", help="print one JSON object as the last line")
     ] = False,

@@ -8,7 +8,7 @@ import importlib
 
 import typer
 
-BENCHMARKS = {"outbox": "omnistock.bench.outbox"}
+BENCHMARKS = {"outbox": "omnistock.bench.outbox", "codec": "omnistock.bench.codec"}
 
 
 def run_benchmark(name: str, *, as_json: bool, seconds: float) -> None:
