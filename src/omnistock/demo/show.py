@@ -80,7 +80,6 @@ def render(tally: Tally, total: int) -> Table:
     table.add_row("accepted by the API (201)", f"{tally.accepted:,}")
     table.add_row("published by the relay", f"{tally.published:,}")
     table.add_row("applied by the consumer", f"{tally.applied:,}")
-    table.add_row("requests retried during the outage", f"{tally.retried:,}")
     table.add_row("service kill -9 and restarts", f"{tally.restarts}")
     return table
 
@@ -101,15 +100,18 @@ async def run(settings: Settings, total: int) -> Tally:
             requests = max(1, total // PER_REQUEST)
             with Live(render(tally, total), console=console, refresh_per_second=8) as live:
                 for n in range(requests):
+                    down = None
                     if n == requests // 2:
+                        # Traffic keeps coming: the client retries with the same key until the
+                        # restarted service answers, as a storefront would.
                         process.send_signal(signal.SIGKILL)
                         process.wait()
                         down = time.monotonic()
                         process = start_service(port)
-                        await wait_ready(client)
-                        tally.outage_s = time.monotonic() - down
                         tally.restarts += 1
                     await send(client, f"stream-{n % 8}", tally)
+                    if down is not None:
+                        tally.outage_s = time.monotonic() - down
                     if n % 5 == 0:
                         await update(pool, tally, baseline)
                         live.update(render(tally, total))
@@ -168,6 +170,7 @@ async def update(pool: asyncpg.Pool, tally: Tally, baseline: dict[str, int]) -> 
 def run_demo(total: int) -> None:
     settings = get_settings()
     tally = asyncio.run(run(settings, total))
+    console.print()
     summary = Table(title="summary")
     summary.add_column("check")
     summary.add_column("result")
@@ -175,7 +178,8 @@ def run_demo(total: int) -> None:
     summary.add_row("pings accepted", f"{tally.accepted:,}")
     summary.add_row("pings applied exactly once", f"{tally.applied:,}")
     summary.add_row("lost", str(tally.accepted - tally.applied))
-    summary.add_row("service outage (kill -9 → ready)", f"{tally.outage_s:.1f} s")
+    summary.add_row("service outage (kill -9 → next request served)", f"{tally.outage_s:.1f} s")
+    summary.add_row("requests retried meanwhile", f"{tally.retried:,}")
     summary.add_row("verdict", "[green]nothing lost, nothing doubled" if ok else "[red]MISMATCH")
     console.print(summary)
     if not ok:
