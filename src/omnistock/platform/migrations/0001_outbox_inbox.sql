@@ -8,7 +8,7 @@ CREATE TABLE outbox (
     topic text NOT NULL,
     message_key text NOT NULL,
     payload bytea NOT NULL,
-    headers jsonb NOT NULL DEFAULT '{}'::jsonb,
+    traceparent text,  -- W3C trace context of the writing request, for the Kafka headers
     created_at timestamptz NOT NULL DEFAULT now()
 );
 
