@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -118,6 +119,31 @@ async def test_a_ping_flows_through_outbox_kafka_and_consumer(
         return bool(body["applied"])
 
     await wait_for(applied, what="the consumer to apply the ping")
+
+
+async def test_the_callers_trace_context_travels_into_the_events_kafka_headers(
+    sandbox: Sandbox, client: httpx.AsyncClient
+) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    response = await client.post(
+        "/v1/pings",
+        json={"stream": "traced", "messages": ["hello"]},
+        headers={
+            **bearer(sandbox, "demo:write"),
+            "Idempotency-Key": "traced-1",
+            "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01",
+        },
+    )
+    assert response.status_code == 201
+
+    async def published() -> list[Any] | None:
+        messages = await asyncio.to_thread(read_topic, sandbox.settings, sandbox.topic, 2)
+        return messages or None
+
+    (message,) = await wait_for(published, what="the event on the topic")
+    headers = dict(message.headers())
+    assert headers["content-type"].startswith(b"application/cloudevents+json")
+    assert headers["traceparent"].decode().split("-")[1] == trace_id
 
 
 async def test_a_repeated_idempotency_key_returns_the_first_answer_and_writes_nothing_more(

@@ -14,11 +14,14 @@ import structlog
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from omnistock.platform.auth import Principal, TokenVerifier, requires
+from omnistock.platform.observability import context_from_headers, tracer
 from omnistock.platform.problems import PROBLEM_JSON, Problem
 from omnistock.platform.settings import Settings
 
@@ -29,6 +32,8 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 
 ReadinessCheck = Callable[[], Awaitable[str | None]]
 """Returns None when ready, else the reason it is not."""
+
+_tracer = tracer("omnistock.http")
 
 REQUEST_SECONDS = Histogram(
     "omnistock_http_request_seconds",
@@ -61,6 +66,11 @@ class RequestContext:
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
         status = 500
+        # Continue the caller's trace (W3C traceparent); the outbox copies the context into
+        # the Kafka headers of every event this request causes.
+        parent = context_from_headers([("traceparent", _header(scope, b"traceparent"))])
+        span = _tracer.start_span(f"{scope['method']} {scope['path']}", context=parent)
+        token = otel_context.attach(trace.set_span_in_context(span))
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -75,6 +85,8 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            otel_context.detach(token)
+            span.end()
             route = scope.get("route")
             REQUEST_SECONDS.labels(
                 self.service, scope["method"], getattr(route, "path", "unmatched"), str(status)

@@ -16,13 +16,17 @@ from opentelemetry.sdk.trace import TracerProvider
 _configured = False
 
 
+# A real provider from the start (not the API's no-op one), so that trace context is created
+# and propagated even when no exporter is configured.
+trace.set_tracer_provider(TracerProvider())
+
+
 def configure(service: str, level: str = "INFO", json: bool = True) -> None:
-    """Set up structlog and the tracer provider once per process."""
+    """Set up structlog once per process."""
     global _configured
     if _configured:
         return
     _configured = True
-    trace.set_tracer_provider(TracerProvider())
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
