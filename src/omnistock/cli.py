@@ -118,6 +118,7 @@ def serve(
     service: Annotated[str, typer.Argument(help="the service to run")],
     port: Annotated[int | None, typer.Option(help="HTTP port")] = None,
     host: Annotated[str | None, typer.Option(help="HTTP host")] = None,
+    schema: Annotated[str | None, typer.Option(help="the service's schema")] = None,
 ) -> None:
     """Run a service: its HTTP API, outbox relay and consumers, until SIGTERM."""
     import uvicorn
@@ -129,7 +130,7 @@ def serve(
     (name,) = _service_names([service])
     observability.configure(name, settings.log_level, settings.log_json)
     uvicorn.run(
-        SERVICES[name].build_app(),
+        SERVICES[name].build_app(schema=schema),
         host=host or settings.http_host,
         port=port or settings.http_port,
         log_level="warning",

@@ -46,5 +46,6 @@ SERVICES: dict[str, ServiceInfo] = {
             "omnistock.demo.api:build_app",
             "omnistock.demo.consumers:subscriptions",
         ),
+        ServiceInfo("inventory", "omnistock.inventory", "omnistock.inventory.api:build_app"),
     ]
 }

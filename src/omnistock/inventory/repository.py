@@ -1,0 +1,224 @@
+"""Inventory SQL. Every writer takes the SKU locks first (``lock_skus``): all changes to one
+SKU are serialised, so the availability it publishes is computed from committed stock only."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from omnistock.inventory.domain import Hold, Source, StockLevel
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    channel_id: str
+    availability_cap: int | None
+    max_units_per_customer: int | None
+    sources: tuple[Source, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A change of one stock row; ``movement_reason`` set when on_hand moves (the ledger)."""
+
+    sku: str
+    location_id: str
+    on_hand: int = 0
+    reserved: int = 0
+    allocated: int = 0
+    movement_reason: str | None = None
+    source: str | None = None
+    reference: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Movement:
+    movement_id: int
+    sku: str
+    location_id: str
+    quantity: int
+    reason: str
+    on_hand: int
+    source: str | None
+    reference: str | None
+
+
+async def lock_skus(conn: asyncpg.Connection, skus: Iterable[str]) -> None:
+    """Transaction-scoped locks on SKUs, taken in sorted order so that writers never deadlock."""
+    await conn.execute(
+        """SELECT pg_advisory_xact_lock(hashtextextended('omnistock.inventory.sku:' || sku, 0))
+           FROM (SELECT DISTINCT unnest($1::text[]) AS sku ORDER BY 1) AS ordered""",
+        sorted(set(skus)),
+    )
+
+
+async def channel(conn: asyncpg.Connection, channel_id: str) -> Channel | None:
+    row = await conn.fetchrow(
+        "SELECT availability_cap, max_units_per_customer FROM channels WHERE channel_id = $1",
+        channel_id,
+    )
+    if row is None:
+        return None
+    sources = await conn.fetch(
+        """SELECT r.location_id, r.priority, r.safety_stock, l.capabilities
+           FROM sourcing_rules r JOIN locations l USING (location_id)
+           WHERE r.channel_id = $1 ORDER BY r.priority""",
+        channel_id,
+    )
+    return Channel(
+        channel_id,
+        row["availability_cap"],
+        row["max_units_per_customer"],
+        tuple(
+            Source(s["location_id"], s["priority"], s["safety_stock"], frozenset(s["capabilities"]))
+            for s in sources
+        ),
+    )
+
+
+async def levels(
+    conn: asyncpg.Connection, skus: Sequence[str], location_ids: Sequence[str] | None = None
+) -> dict[tuple[str, str], StockLevel]:
+    rows = await conn.fetch(
+        """SELECT sku, location_id, on_hand, reserved, allocated FROM stock
+           WHERE sku = ANY($1::text[]) AND ($2::text[] IS NULL OR location_id = ANY($2::text[]))""",
+        list(skus),
+        None if location_ids is None else list(location_ids),
+    )
+    return {(r["sku"], r["location_id"]): StockLevel(*r.values()) for r in rows}
+
+
+async def apply_changes(
+    conn: asyncpg.Connection, changes: Sequence[Change], occurred_at: datetime
+) -> list[Movement]:
+    """Apply the changes to stock rows (creating them) and append the ledger's movements."""
+    if not changes:
+        return []
+    rows = await conn.fetch(
+        """INSERT INTO stock AS s (sku, location_id, on_hand, reserved, allocated, version)
+           SELECT sku, loc, sum(oh), sum(rs), sum(al), 1
+           FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::int[])
+                AS c(sku, loc, oh, rs, al)
+           GROUP BY sku, loc
+           ON CONFLICT (sku, location_id) DO UPDATE SET
+               on_hand = s.on_hand + EXCLUDED.on_hand,
+               reserved = s.reserved + EXCLUDED.reserved,
+               allocated = s.allocated + EXCLUDED.allocated,
+               version = s.version + 1
+           RETURNING sku, location_id, on_hand""",
+        [c.sku for c in changes],
+        [c.location_id for c in changes],
+        [c.on_hand for c in changes],
+        [c.reserved for c in changes],
+        [c.allocated for c in changes],
+    )
+    on_hand_after = {(r["sku"], r["location_id"]): r["on_hand"] for r in rows}
+    moved = [c for c in changes if c.on_hand and c.movement_reason]
+    if not moved:
+        return []
+    ids = await conn.fetch(
+        """INSERT INTO stock_movements (sku, location_id, quantity, reason, source, reference,
+                                        occurred_at)
+           SELECT sku, loc, q, r, src, ref, $7
+           FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[])
+                WITH ORDINALITY AS m(sku, loc, q, r, src, ref, n)
+           ORDER BY n
+           RETURNING movement_id""",
+        [c.sku for c in moved],
+        [c.location_id for c in moved],
+        [c.on_hand for c in moved],
+        [c.movement_reason for c in moved],
+        [c.source for c in moved],
+        [c.reference for c in moved],
+        occurred_at,
+    )
+    return [
+        Movement(
+            row["movement_id"],
+            c.sku,
+            c.location_id,
+            c.on_hand,
+            str(c.movement_reason),
+            on_hand_after[(c.sku, c.location_id)],
+            c.source,
+            c.reference,
+        )
+        for row, c in zip(sorted(ids, key=lambda r: r["movement_id"]), moved, strict=True)
+    ]
+
+
+async def refresh_availability(
+    conn: asyncpg.Connection, items: Iterable[tuple[str, str]]
+) -> list[asyncpg.Record]:
+    """Recompute available(channel, sku) for every channel fed by the touched (sku, location)s;
+    store and return those whose figure changed, with their new version."""
+    pairs = sorted(set(items))
+    if not pairs:
+        return []
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """WITH touched AS (
+               SELECT DISTINCT sku, loc FROM unnest($1::text[], $2::text[]) AS t(sku, loc)),
+           affected AS (
+               SELECT DISTINCT r.channel_id, t.sku
+               FROM touched t JOIN sourcing_rules r ON r.location_id = t.loc),
+           figures AS (
+               SELECT a.channel_id, a.sku,
+                      LEAST(coalesce(c.availability_cap, 2147483647),
+                            coalesce(sum(GREATEST(0, s.on_hand - s.reserved - s.allocated
+                                                      - r.safety_stock)), 0))::int AS available
+               FROM affected a
+               JOIN channels c ON c.channel_id = a.channel_id
+               JOIN sourcing_rules r ON r.channel_id = a.channel_id
+               LEFT JOIN stock s ON s.sku = a.sku AND s.location_id = r.location_id
+               GROUP BY a.channel_id, a.sku, c.availability_cap)
+           INSERT INTO availability AS v (channel_id, sku, available, version)
+           SELECT channel_id, sku, available, 1 FROM figures
+           ON CONFLICT (channel_id, sku) DO UPDATE
+               SET available = EXCLUDED.available, version = v.version + 1
+               WHERE v.available <> EXCLUDED.available
+           RETURNING channel_id, sku, available, version""",
+        [p[0] for p in pairs],
+        [p[1] for p in pairs],
+    )
+    return rows
+
+
+async def holds_at(
+    conn: asyncpg.Connection, sku: str, location_id: str
+) -> tuple[list[Hold], list[Hold]]:
+    reservations = await conn.fetch(
+        """SELECT r.reservation_id::text AS id, l.quantity, r.created_at
+           FROM reservation_lines l JOIN reservations r USING (reservation_id)
+           WHERE l.sku = $1 AND l.location_id = $2 AND r.status = 'active'""",
+        sku,
+        location_id,
+    )
+    allocations = await conn.fetch(
+        """SELECT allocation_id::text AS id, quantity, created_at FROM allocations
+           WHERE sku = $1 AND location_id = $2 AND status = 'allocated'""",
+        sku,
+        location_id,
+    )
+    return (
+        [Hold(r["id"], r["quantity"], r["created_at"]) for r in reservations],
+        [Hold(a["id"], a["quantity"], a["created_at"]) for a in allocations],
+    )
+
+
+async def reservation(conn: asyncpg.Connection, reservation_id: Any, lock: bool = False) -> Any:
+    row = await conn.fetchrow(
+        "SELECT * FROM reservations WHERE reservation_id = $1" + (" FOR UPDATE" if lock else ""),
+        reservation_id,
+    )
+    if row is None:
+        return None
+    lines = await conn.fetch(
+        """SELECT sku, location_id, quantity FROM reservation_lines
+           WHERE reservation_id = $1 ORDER BY sku, location_id""",
+        reservation_id,
+    )
+    return row, lines

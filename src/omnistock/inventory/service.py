@@ -1,0 +1,687 @@
+"""Inventory use cases: each loads, asks the domain, saves and records its events in one
+transaction. SKU locks are taken first and no lock is held across a call to another service
+(there are none: inventory only answers)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+
+from omnistock.contracts import inventory as events
+from omnistock.inventory import domain, repository
+from omnistock.inventory.domain import Pick, ReservationStatus, Shortfall
+from omnistock.inventory.repository import Change, Movement
+from omnistock.platform.clock import Clock
+from omnistock.platform.outbox import OutboxMessage, add_to_outbox
+
+SOURCE = "/omnistock/inventory"
+DEFAULT_TTL = timedelta(minutes=15)
+MAX_TTL = timedelta(hours=2)
+
+
+class NotFound(Exception):
+    def __init__(self, what: str, key: str) -> None:
+        super().__init__(f"{what} {key!r} not found")
+        self.what, self.key = what, key
+
+
+class OutOfStock(Exception):
+    def __init__(self, shortfalls: Sequence[Shortfall]) -> None:
+        super().__init__(
+            ", ".join(
+                f"{s.sku}: {s.requested} requested, {s.available} available" for s in shortfalls
+            )
+        )
+        self.shortfalls = tuple(shortfalls)
+
+
+class CustomerLimitExceeded(Exception):
+    def __init__(self, excess: dict[str, int], limit: int) -> None:
+        super().__init__(f"at most {limit} units per SKU and customer")
+        self.excess, self.limit = excess, limit
+
+
+@dataclass(frozen=True, slots=True)
+class CountResult:
+    status: str  # "applied" or "stale"
+    last_sequence: int
+    on_hand: int
+
+
+def _availability_messages(rows: Sequence[asyncpg.Record]) -> list[OutboxMessage]:
+    return [
+        OutboxMessage(
+            events.AvailabilityChanged(r["channel_id"], r["sku"], r["available"], r["version"]),
+            aggregate_id=f"{r['channel_id']}:{r['sku']}",
+            aggregate_version=r["version"],
+        )
+        for r in rows
+    ]
+
+
+def _movement_messages(movements: Sequence[Movement]) -> list[OutboxMessage]:
+    return [
+        OutboxMessage(
+            events.StockMoved(
+                m.movement_id,
+                m.sku,
+                m.location_id,
+                m.quantity,
+                m.reason,
+                m.on_hand,
+                m.source,
+                m.reference,
+            ),
+            aggregate_id=f"{m.sku}@{m.location_id}",
+            aggregate_version=m.movement_id,
+        )
+        for m in movements
+    ]
+
+
+async def _commit_changes(
+    conn: asyncpg.Connection,
+    clock: Clock,
+    changes: Sequence[Change],
+    extra: Sequence[OutboxMessage] = (),
+) -> list[Movement]:
+    """Apply stock changes, append the ledger, refresh availability, write all events."""
+    movements = await repository.apply_changes(conn, changes, clock.now())
+    changed = await repository.refresh_availability(conn, [(c.sku, c.location_id) for c in changes])
+    await add_to_outbox(
+        conn,
+        SOURCE,
+        [*extra, *_movement_messages(movements), *_availability_messages(changed)],
+        clock,
+    )
+    return movements
+
+
+async def put_location(
+    conn: asyncpg.Connection,
+    location_id: str,
+    kind: str,
+    country: str,
+    capabilities: Sequence[str],
+    name: str,
+) -> None:
+    await conn.execute(
+        """INSERT INTO locations (location_id, kind, country, capabilities, name)
+           VALUES ($1, $2, $3, $4, $5)
+           ON CONFLICT (location_id) DO UPDATE SET kind = EXCLUDED.kind, country = EXCLUDED.country,
+               capabilities = EXCLUDED.capabilities, name = EXCLUDED.name""",
+        location_id,
+        kind,
+        country,
+        sorted(set(capabilities)),
+        name,
+    )
+
+
+async def put_channel(
+    conn: asyncpg.Connection,
+    clock: Clock,
+    channel_id: str,
+    brand: str,
+    market: str,
+    sources: Sequence[domain.Source],
+    availability_cap: int | None = None,
+    max_units_per_customer: int | None = None,
+) -> None:
+    """Create or replace a channel and its sourcing; its availability is recomputed."""
+    unknown = await conn.fetchval(
+        """SELECT array_agg(l) FROM unnest($1::text[]) AS l
+           WHERE l NOT IN (SELECT location_id FROM locations)""",
+        [s.location_id for s in sources],
+    )
+    if unknown:
+        raise NotFound("location", ", ".join(unknown))
+    await conn.execute(
+        """INSERT INTO channels
+               (channel_id, brand, market, availability_cap, max_units_per_customer)
+           VALUES ($1, $2, $3, $4, $5)
+           ON CONFLICT (channel_id) DO UPDATE SET brand = EXCLUDED.brand, market = EXCLUDED.market,
+               availability_cap = EXCLUDED.availability_cap,
+               max_units_per_customer = EXCLUDED.max_units_per_customer,
+               version = channels.version + 1""",
+        channel_id,
+        brand,
+        market,
+        availability_cap,
+        max_units_per_customer,
+    )
+    await conn.execute("DELETE FROM sourcing_rules WHERE channel_id = $1", channel_id)
+    await conn.executemany(
+        """INSERT INTO sourcing_rules (channel_id, location_id, priority, safety_stock)
+           VALUES ($1, $2, $3, $4)""",
+        [(channel_id, s.location_id, s.priority, s.safety_stock) for s in sources],
+    )
+    skus = await conn.fetch(
+        "SELECT DISTINCT sku, location_id FROM stock WHERE location_id = ANY($1::text[])",
+        [s.location_id for s in sources],
+    )
+    await repository.lock_skus(conn, {r["sku"] for r in skus})
+    changed = await repository.refresh_availability(
+        conn, [(r["sku"], r["location_id"]) for r in skus]
+    )
+    await add_to_outbox(conn, SOURCE, _availability_messages(changed), clock)
+
+
+async def count_stock(
+    conn: asyncpg.Connection,
+    clock: Clock,
+    *,
+    source: str,
+    sequence: int,
+    sku: str,
+    location_id: str,
+    on_hand: int,
+) -> CountResult:
+    """An absolute count from a WMS or till; an older or repeated sequence changes nothing."""
+    await repository.lock_skus(conn, [sku])
+    last = await conn.fetchval(
+        """SELECT last_sequence FROM source_sequences
+           WHERE source = $1 AND sku = $2 AND location_id = $3""",
+        source,
+        sku,
+        location_id,
+    )
+    current = (await repository.levels(conn, [sku], [location_id])).get(
+        (sku, location_id), domain.StockLevel(sku, location_id)
+    )
+    if last is not None and sequence <= last:
+        return CountResult("stale", last, current.on_hand)
+    if not await conn.fetchval("SELECT true FROM locations WHERE location_id = $1", location_id):
+        raise NotFound("location", location_id)
+    await conn.execute(
+        """INSERT INTO source_sequences (source, sku, location_id, last_sequence)
+           VALUES ($1, $2, $3, $4)
+           ON CONFLICT (source, sku, location_id)
+           DO UPDATE SET last_sequence = EXCLUDED.last_sequence""",
+        source,
+        sku,
+        location_id,
+        sequence,
+    )
+    reservations, allocations = await repository.holds_at(conn, sku, location_id)
+    outcome = domain.apply_count(current, on_hand, reservations, allocations)
+    extra: list[OutboxMessage] = []
+    changes: list[Change] = []
+    if outcome.shortage:
+        changes += await _release_reservations(
+            conn, outcome.released_reservations, "shortage", extra
+        )
+        changes += await _release_allocations(
+            conn, outcome.released_allocations, "shortage", extra, clock
+        )
+        orders = await conn.fetchval(
+            """SELECT coalesce(array_agg(DISTINCT order_id), '{}') FROM allocations
+               WHERE allocation_id = ANY($1::uuid[])""",
+            list(outcome.released_allocations),
+        )
+        extra.append(
+            OutboxMessage(
+                events.StockShortage(
+                    sku,
+                    location_id,
+                    on_hand,
+                    list(outcome.released_reservations),
+                    list(outcome.released_allocations),
+                    list(orders),
+                ),
+                aggregate_id=f"{sku}@{location_id}",
+                aggregate_version=sequence,
+            )
+        )
+    if outcome.delta:
+        changes.append(
+            Change(
+                sku,
+                location_id,
+                on_hand=outcome.delta,
+                movement_reason="count",
+                source=source,
+                reference=str(sequence),
+            )
+        )
+    await _commit_changes(conn, clock, changes, extra)
+    return CountResult("applied", sequence, on_hand)
+
+
+async def adjust_stock(
+    conn: asyncpg.Connection,
+    clock: Clock,
+    *,
+    sku: str,
+    location_id: str,
+    quantity: int,
+    reason: str,
+    reference: str | None = None,
+) -> int:
+    """A delta with a reason. The database refuses one that would take on-hand stock below
+    zero or below what is held."""
+    await repository.lock_skus(conn, [sku])
+    if not await conn.fetchval("SELECT true FROM locations WHERE location_id = $1", location_id):
+        raise NotFound("location", location_id)
+    movements = await _commit_changes(
+        conn,
+        clock,
+        [Change(sku, location_id, on_hand=quantity, movement_reason=reason, reference=reference)],
+    )
+    return movements[0].on_hand
+
+
+async def reserve(
+    conn: asyncpg.Connection,
+    clock: Clock,
+    *,
+    channel_id: str,
+    lines: Sequence[tuple[str, int]],
+    client_id: str,
+    customer_id: str | None = None,
+    ttl: timedelta = DEFAULT_TTL,
+    all_or_nothing: bool = True,
+    pickup_location: str | None = None,
+) -> dict[str, Any]:
+    requested = domain.merge_lines(lines)
+    await repository.lock_skus(conn, requested)
+    channel = await repository.channel(conn, channel_id)
+    if channel is None:
+        raise NotFound("channel", channel_id)
+    if customer_id is not None and channel.max_units_per_customer is not None:
+        held = await conn.fetch(
+            """SELECT l.sku, sum(l.quantity)::int AS held
+               FROM reservations r JOIN reservation_lines l USING (reservation_id)
+               WHERE r.channel_id = $1 AND r.customer_id = $2 AND r.status = 'active'
+                 AND l.sku = ANY($3::text[])
+               GROUP BY l.sku""",
+            channel_id,
+            customer_id,
+            list(requested),
+        )
+        limit = domain.CustomerLimit(
+            channel.max_units_per_customer, {r["sku"]: r["held"] for r in held}
+        )
+        if excess := limit.excess(requested):
+            raise CustomerLimitExceeded(excess, channel.max_units_per_customer)
+    levels = await repository.levels(
+        conn, list(requested), [s.location_id for s in channel.sources]
+    )
+    plan = domain.plan_reservation(
+        requested,
+        channel.sources,
+        levels,
+        cap=channel.availability_cap,
+        all_or_nothing=all_or_nothing,
+        pickup_location=pickup_location,
+    )
+    if not plan.picks:
+        raise OutOfStock(plan.shortfalls)
+    reservation_id = str(uuid.uuid4())
+    now = clock.now()
+    expires_at = now + min(ttl, MAX_TTL)
+    await conn.execute(
+        """INSERT INTO reservations
+               (reservation_id, channel_id, client_id, customer_id, status, created_at, expires_at)
+           VALUES ($1, $2, $3, $4, 'active', $5, $6)""",
+        reservation_id,
+        channel_id,
+        client_id,
+        customer_id,
+        now,
+        expires_at,
+    )
+    await conn.executemany(
+        """INSERT INTO reservation_lines (reservation_id, sku, location_id, quantity)
+           VALUES ($1, $2, $3, $4)""",
+        [(reservation_id, p.sku, p.location_id, p.quantity) for p in plan.picks],
+    )
+    reserved = events.StockReserved(
+        reservation_id,
+        channel_id,
+        [events.Line(p.sku, p.location_id, p.quantity) for p in plan.picks],
+        expires_at.isoformat(),
+        customer_id,
+    )
+    await _commit_changes(
+        conn,
+        clock,
+        [Change(p.sku, p.location_id, reserved=p.quantity) for p in plan.picks],
+        [OutboxMessage(reserved, aggregate_id=reservation_id, aggregate_version=1)],
+    )
+    return _reservation_view(
+        reservation_id, channel_id, "active", expires_at, plan.picks, plan.shortfalls
+    )
+
+
+def _reservation_view(
+    reservation_id: str,
+    channel_id: str,
+    status: str,
+    expires_at: Any,
+    picks: Sequence[Pick],
+    shortfalls: Sequence[Shortfall] = (),
+) -> dict[str, Any]:
+    return {
+        "reservation_id": reservation_id,
+        "channel_id": channel_id,
+        "status": status,
+        "expires_at": expires_at.isoformat(),
+        "lines": [
+            {"sku": p.sku, "location_id": p.location_id, "quantity": p.quantity} for p in picks
+        ],
+        "refused": [
+            {"sku": s.sku, "requested": s.requested, "available": s.available} for s in shortfalls
+        ],
+    }
+
+
+async def _locked_reservation(
+    conn: asyncpg.Connection, reservation_id: str
+) -> tuple[Any, list[Any]]:
+    found = await repository.reservation(conn, reservation_id)
+    if found is None:
+        raise NotFound("reservation", reservation_id)
+    row, lines = found
+    await repository.lock_skus(conn, [line["sku"] for line in lines])
+    row, lines = await repository.reservation(conn, reservation_id, lock=True)
+    return row, lines
+
+
+async def _release_reservations(
+    conn: asyncpg.Connection,
+    reservation_ids: Sequence[str],
+    reason: str,
+    messages: list[OutboxMessage],
+) -> list[Change]:
+    """Mark reservations released or expired; return the stock changes that give units back.
+    The caller holds the SKU locks."""
+    if not reservation_ids:
+        return []
+    status = ReservationStatus.EXPIRED if reason == "expired" else ReservationStatus.RELEASED
+    rows = await conn.fetch(
+        """UPDATE reservations SET status = $2, version = version + 1
+           WHERE reservation_id = ANY($1::uuid[]) AND status = 'active'
+           RETURNING reservation_id::text AS id, version""",
+        list(reservation_ids),
+        status.value,
+    )
+    lines = await conn.fetch(
+        """SELECT reservation_id::text AS id, sku, location_id, quantity FROM reservation_lines
+           WHERE reservation_id = ANY($1::uuid[]) ORDER BY sku, location_id""",
+        [r["id"] for r in rows],
+    )
+    for row in rows:
+        mine = [
+            events.Line(line["sku"], line["location_id"], line["quantity"])
+            for line in lines
+            if line["id"] == row["id"]
+        ]
+        messages.append(
+            OutboxMessage(
+                events.ReservationReleased(row["id"], reason, mine),
+                aggregate_id=row["id"],
+                aggregate_version=row["version"],
+            )
+        )
+    return [Change(line["sku"], line["location_id"], reserved=-line["quantity"]) for line in lines]
+
+
+async def _release_allocations(
+    conn: asyncpg.Connection,
+    allocation_ids: Sequence[str],
+    reason: str,
+    messages: list[OutboxMessage],
+    clock: Clock,
+) -> list[Change]:
+    if not allocation_ids:
+        return []
+    rows = await conn.fetch(
+        """UPDATE allocations SET status = 'released', reason = $2, updated_at = $3
+           WHERE allocation_id = ANY($1::uuid[]) AND status = 'allocated'
+           RETURNING allocation_id::text AS id, order_id, sku, location_id, quantity""",
+        list(allocation_ids),
+        reason,
+        clock.now(),
+    )
+    for row in rows:
+        messages.append(
+            OutboxMessage(
+                events.AllocationReleased(row["order_id"], row["id"], reason),
+                aggregate_id=row["order_id"],
+                aggregate_version=0,
+            )
+        )
+    return [Change(r["sku"], r["location_id"], allocated=-r["quantity"]) for r in rows]
+
+
+async def extend(
+    conn: asyncpg.Connection, clock: Clock, reservation_id: str, ttl: timedelta
+) -> dict[str, Any]:
+    row, lines = await _locked_reservation(conn, reservation_id)
+    status = ReservationStatus(row["status"])
+    now = clock.now()
+    if status is ReservationStatus.ACTIVE and domain.is_expired(row["expires_at"], now):
+        domain.transition(status, ReservationStatus.EXPIRED)  # the sweeper has not got to it yet
+        raise domain.InvalidTransition("the reservation has expired")
+    domain.transition(
+        status, ReservationStatus.ACTIVE
+    ) if status is not ReservationStatus.ACTIVE else None
+    expires_at = now + min(ttl, MAX_TTL)
+    version = await conn.fetchval(
+        """UPDATE reservations SET expires_at = $2, version = version + 1
+           WHERE reservation_id = $1 RETURNING version""",
+        reservation_id,
+        expires_at,
+    )
+    await add_to_outbox(
+        conn,
+        SOURCE,
+        [
+            OutboxMessage(
+                events.ReservationExtended(reservation_id, expires_at.isoformat()),
+                aggregate_id=reservation_id,
+                aggregate_version=version,
+            )
+        ],
+        clock,
+    )
+    picks = [Pick(line["sku"], line["location_id"], line["quantity"]) for line in lines]
+    return _reservation_view(reservation_id, row["channel_id"], "active", expires_at, picks)
+
+
+async def release(
+    conn: asyncpg.Connection, clock: Clock, reservation_id: str, reason: str = "released"
+) -> None:
+    row, _lines = await _locked_reservation(conn, reservation_id)
+    domain.transition(ReservationStatus(row["status"]), ReservationStatus.RELEASED)
+    messages: list[OutboxMessage] = []
+    changes = await _release_reservations(conn, [reservation_id], reason, messages)
+    await _commit_changes(conn, clock, changes, messages)
+
+
+async def expire_due(conn: asyncpg.Connection, clock: Clock, limit: int = 500) -> int:
+    """Expire reservations past their TTL (the sweeper calls this until it returns 0)."""
+    due = await conn.fetch(
+        """SELECT r.reservation_id::text AS id, array_agg(l.sku) AS skus
+           FROM reservations r JOIN reservation_lines l USING (reservation_id)
+           WHERE r.status = 'active' AND r.expires_at <= $1
+           GROUP BY r.reservation_id ORDER BY min(r.expires_at) LIMIT $2""",
+        clock.now(),
+        limit,
+    )
+    if not due:
+        return 0
+    await repository.lock_skus(conn, {sku for r in due for sku in r["skus"]})
+    messages: list[OutboxMessage] = []
+    # Re-checked under the locks: a reservation committed meanwhile is not expired.
+    still_due = await conn.fetch(
+        """SELECT reservation_id::text AS id FROM reservations
+           WHERE reservation_id = ANY($1::uuid[]) AND status = 'active' AND expires_at <= $2""",
+        [r["id"] for r in due],
+        clock.now(),
+    )
+    changes = await _release_reservations(conn, [r["id"] for r in still_due], "expired", messages)
+    await _commit_changes(conn, clock, changes, messages)
+    return len(still_due)
+
+
+async def commit(
+    conn: asyncpg.Connection, clock: Clock, reservation_id: str, order_id: str
+) -> list[dict[str, Any]]:
+    """The order was placed: the reservation's units become the order's allocations."""
+    row, lines = await _locked_reservation(conn, reservation_id)
+    status = ReservationStatus(row["status"])
+    if status is ReservationStatus.COMMITTED and row["order_id"] == order_id:
+        return await _allocations_of(conn, order_id)  # a redelivered command: same answer
+    domain.transition(status, ReservationStatus.COMMITTED)
+    now = clock.now()
+    version = await conn.fetchval(
+        """UPDATE reservations SET status = 'committed', order_id = $2, version = version + 1
+           WHERE reservation_id = $1 RETURNING version""",
+        reservation_id,
+        order_id,
+    )
+    allocations = [
+        events.Allocation(str(uuid.uuid4()), line["sku"], line["location_id"], line["quantity"])
+        for line in lines
+    ]
+    await conn.executemany(
+        """INSERT INTO allocations (allocation_id, order_id, channel_id, sku, location_id,
+                                    quantity, status, created_at, updated_at)
+           VALUES ($1, $2, $3, $4, $5, $6, 'allocated', $7, $7)""",
+        [
+            (a.allocation_id, order_id, row["channel_id"], a.sku, a.location_id, a.quantity, now)
+            for a in allocations
+        ],
+    )
+    await _commit_changes(
+        conn,
+        clock,
+        [
+            Change(a.sku, a.location_id, reserved=-a.quantity, allocated=a.quantity)
+            for a in allocations
+        ],
+        [
+            OutboxMessage(
+                events.ReservationCommitted(reservation_id, order_id),
+                aggregate_id=reservation_id,
+                aggregate_version=version,
+            ),
+            OutboxMessage(
+                events.StockAllocated(order_id, row["channel_id"], allocations),
+                aggregate_id=order_id,
+                aggregate_version=1,
+            ),
+        ],
+    )
+    return await _allocations_of(conn, order_id)
+
+
+async def _allocations_of(conn: asyncpg.Connection, order_id: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """SELECT allocation_id::text, sku, location_id, quantity, status FROM allocations
+           WHERE order_id = $1 ORDER BY sku, location_id""",
+        order_id,
+    )
+    return [dict(r) for r in rows]
+
+
+async def ship(
+    conn: asyncpg.Connection, clock: Clock, order_id: str, allocation_id: str, shipment_id: str
+) -> None:
+    """Fulfilment: the allocated units leave the location they were allocated at."""
+    row = await conn.fetchrow(
+        """SELECT sku, location_id, quantity, status FROM allocations
+           WHERE allocation_id = $1 AND order_id = $2""",
+        allocation_id,
+        order_id,
+    )
+    if row is None:
+        raise NotFound("allocation", allocation_id)
+    await repository.lock_skus(conn, [row["sku"]])
+    updated = await conn.fetchrow(
+        """UPDATE allocations SET status = 'shipped', reason = $2, updated_at = $3
+           WHERE allocation_id = $1 AND status = 'allocated'
+           RETURNING sku, location_id, quantity""",
+        allocation_id,
+        shipment_id,
+        clock.now(),
+    )
+    if updated is None:
+        if row["status"] == "shipped":
+            return  # shipped already: a redelivery changes nothing
+        raise domain.InvalidTransition(f"allocation {allocation_id} is {row['status']}")
+    await _commit_changes(
+        conn,
+        clock,
+        [
+            Change(
+                updated["sku"],
+                updated["location_id"],
+                on_hand=-updated["quantity"],
+                allocated=-updated["quantity"],
+                movement_reason="shipment",
+                reference=shipment_id,
+            )
+        ],
+        [
+            OutboxMessage(
+                events.AllocationShipped(order_id, allocation_id, shipment_id),
+                aggregate_id=order_id,
+                aggregate_version=0,
+            )
+        ],
+    )
+
+
+async def cancel_allocations(
+    conn: asyncpg.Connection, clock: Clock, order_id: str, reason: str
+) -> int:
+    """An order cancelled before shipment: its open allocations go back to sale."""
+    skus = await conn.fetch(
+        "SELECT DISTINCT sku FROM allocations WHERE order_id = $1 AND status = 'allocated'",
+        order_id,
+    )
+    await repository.lock_skus(conn, [r["sku"] for r in skus])
+    ids = await conn.fetch(
+        """SELECT allocation_id::text AS id FROM allocations
+           WHERE order_id = $1 AND status = 'allocated'""",
+        order_id,
+    )
+    messages: list[OutboxMessage] = []
+    changes = await _release_allocations(conn, [r["id"] for r in ids], reason, messages, clock)
+    await _commit_changes(conn, clock, changes, messages)
+    return len(changes)
+
+
+async def restock_return(
+    conn: asyncpg.Connection,
+    clock: Clock,
+    *,
+    sku: str,
+    location_id: str,
+    quantity: int,
+    sellable: bool,
+    reference: str,
+) -> None:
+    """A customer return: sellable units go back on hand at the chosen location; damaged ones
+    are recorded as received and written off, so the ledger shows both."""
+    await repository.lock_skus(conn, [sku])
+    if not await conn.fetchval("SELECT true FROM locations WHERE location_id = $1", location_id):
+        raise NotFound("location", location_id)
+    changes = [
+        Change(sku, location_id, on_hand=quantity, movement_reason="return", reference=reference)
+    ]
+    if not sellable:
+        changes.append(
+            Change(
+                sku, location_id, on_hand=-quantity, movement_reason="damage", reference=reference
+            )
+        )
+    await _commit_changes(conn, clock, changes)
