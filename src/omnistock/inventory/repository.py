@@ -98,18 +98,27 @@ async def apply_changes(
     """Apply the changes to stock rows (creating them) and append the ledger's movements."""
     if not changes:
         return []
+    # Update existing rows and insert missing ones in one statement. (An upsert would not do:
+    # PostgreSQL checks the proposed row's CHECK constraints before it looks for a conflict, so
+    # "reserve one more" would be refused as a new row with reserved > on_hand.)
     rows = await conn.fetch(
-        """INSERT INTO stock AS s (sku, location_id, on_hand, reserved, allocated, version)
-           SELECT sku, loc, sum(oh), sum(rs), sum(al), 1
-           FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::int[])
-                AS c(sku, loc, oh, rs, al)
-           GROUP BY sku, loc
-           ON CONFLICT (sku, location_id) DO UPDATE SET
-               on_hand = s.on_hand + EXCLUDED.on_hand,
-               reserved = s.reserved + EXCLUDED.reserved,
-               allocated = s.allocated + EXCLUDED.allocated,
-               version = s.version + 1
-           RETURNING sku, location_id, on_hand""",
+        """WITH c AS (
+               SELECT sku, loc, sum(oh)::int AS oh, sum(rs)::int AS rs, sum(al)::int AS al
+               FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::int[])
+                    AS c(sku, loc, oh, rs, al)
+               GROUP BY sku, loc),
+           updated AS (
+               UPDATE stock s SET on_hand = s.on_hand + c.oh, reserved = s.reserved + c.rs,
+                                  allocated = s.allocated + c.al, version = s.version + 1
+               FROM c WHERE s.sku = c.sku AND s.location_id = c.loc
+               RETURNING s.sku, s.location_id, s.on_hand),
+           inserted AS (
+               INSERT INTO stock (sku, location_id, on_hand, reserved, allocated, version)
+               SELECT sku, loc, oh, rs, al, 1 FROM c
+               WHERE NOT EXISTS (
+                   SELECT 1 FROM stock s WHERE s.sku = c.sku AND s.location_id = c.loc)
+               RETURNING sku, location_id, on_hand)
+           SELECT * FROM updated UNION ALL SELECT * FROM inserted""",
         [c.sku for c in changes],
         [c.location_id for c in changes],
         [c.on_hand for c in changes],

@@ -29,6 +29,14 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+def _session_settings(schema: str) -> dict[str, str]:
+    # The application name shows in pg_stat_activity which service a connection belongs to.
+    return {
+        "search_path": f"{checked_identifier(schema)},public",
+        "application_name": f"omnistock-{schema}",
+    }
+
+
 async def create_pool(
     dsn: str, schema: str, *, min_size: int = 2, max_size: int = 20, **kwargs: Any
 ) -> asyncpg.Pool:
@@ -38,15 +46,13 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
-        server_settings={"search_path": f"{checked_identifier(schema)},public"},
+        server_settings=_session_settings(schema),
         **kwargs,
     )
     return pool
 
 
 async def connect(dsn: str, schema: str) -> asyncpg.Connection:
-    conn: asyncpg.Connection = await asyncpg.connect(
-        dsn, server_settings={"search_path": f"{checked_identifier(schema)},public"}
-    )
+    conn: asyncpg.Connection = await asyncpg.connect(dsn, server_settings=_session_settings(schema))
     await _init_connection(conn)
     return conn
