@@ -13,9 +13,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from omnistock.inventory import cli as inventory_cli
 from omnistock.platform.settings import get_settings
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+app.add_typer(inventory_cli.app, name="inventory", help="Stock snapshots: import, sample.")
 console = Console(stderr=True)
 
 
@@ -211,7 +213,7 @@ def contracts(
 
 @app.command()
 def bench(
-    name: Annotated[str, typer.Argument(help="outbox | codec")],
+    name: Annotated[str, typer.Argument(help="outbox | codec | reservations")],
     json: Annotated[
         bool, typer.Option("--json", help="print one JSON object as the last line")
     ] = False,

@@ -469,3 +469,36 @@ async def test_the_ledger_sums_to_on_hand(client: httpx.AsyncClient, pool: Any) 
         net["warehouse"]: (17, 17),
         net["store"]: (0, 0),
     }
+
+
+async def test_a_channel_that_drops_a_location_republishes_what_it_can_sell(
+    client: httpx.AsyncClient, pool: Any
+) -> None:
+    net = await setup_network(client)
+    channel, sku = net["channels"][0], unique("DROP")
+    await count(client, net["store"], sku, 4)
+
+    async def available() -> int:
+        body = (
+            await client.get(f"/v1/channels/{channel}/availability", params={"skus": sku})
+        ).json()
+        figure: int = body["available"][sku]
+        return figure
+
+    assert await available() == 4
+    response = await client.put(
+        f"/v1/channels/{channel}",
+        json={
+            "brand": "brand",
+            "market": "PL",
+            "sourcing": [{"location_id": net["warehouse"], "priority": 1}],
+        },
+    )
+    assert response.status_code == 200
+    assert await available() == 0
+    published = await pool.fetchrow(
+        "SELECT available, version FROM availability WHERE channel_id = $1 AND sku = $2",
+        channel,
+        sku,
+    )
+    assert (published["available"], published["version"]) == (0, 2)

@@ -8,7 +8,11 @@ import importlib
 
 import typer
 
-BENCHMARKS = {"outbox": "omnistock.bench.outbox", "codec": "omnistock.bench.codec"}
+BENCHMARKS = {
+    "outbox": "omnistock.bench.outbox",
+    "codec": "omnistock.bench.codec",
+    "reservations": "omnistock.bench.reservations",
+}
 
 
 def run_benchmark(name: str, *, as_json: bool, seconds: float) -> None:

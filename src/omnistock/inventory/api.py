@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
@@ -15,6 +17,7 @@ from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from omnistock.inventory import SERVICE, domain, repository, service
+from omnistock.inventory.reserving import REFUSALS, ReservationBatcher, ReserveStock
 from omnistock.platform import idempotency
 from omnistock.platform.auth import Principal, requires
 from omnistock.platform.clock import Clock, SystemClock
@@ -40,6 +43,9 @@ class InventorySettings(BaseSettings):
     reservations_per_client_per_s: float = Field(default=200.0, gt=0)
     reservation_burst: int = Field(default=400, ge=1)
     sweep_interval_s: float = Field(default=1.0, gt=0)
+    # Concurrent reservation requests share transactions: this many at once, so many per batch.
+    reservation_batch_workers: int = Field(default=4, ge=1)
+    reservation_batch_max: int = Field(default=64, ge=1)
 
 
 class Location(BaseModel):
@@ -276,7 +282,7 @@ async def put_channel(
             errors=[{"field": "sourcing", "message": "duplicate priority"}],
         )
     sources = [domain.Source(r.location_id, r.priority, r.safety_stock) for r in body.sourcing]
-    await _run(
+    last: str | None = await _run(
         request,
         lambda conn: service.put_channel(
             conn,
@@ -289,7 +295,15 @@ async def put_channel(
             body.max_units_per_customer,
         ),
     )
+    while last is not None:  # the rest of the catalogue, a slice per transaction
+        last = await _run(request, functools.partial(_refresh_slice, clock, channel_id, last))
     return {"channel_id": channel_id}
+
+
+async def _refresh_slice(
+    clock: Clock, channel_id: str, after: str, conn: asyncpg.Connection
+) -> str | None:
+    return await service.refresh_channel(conn, clock, channel_id, after)
 
 
 @router.put("/stock/{location_id}/{sku}")
@@ -402,7 +416,6 @@ async def create_reservation(
     principal: Annotated[Principal, requires("inventory:reserve")],
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> FastJSONResponse:
-    _, clock = _state(request)
     limiter: RateLimiter = request.app.state.rate_limiter
     if not limiter.allow(principal.subject):
         raise Problem(
@@ -413,21 +426,25 @@ async def create_reservation(
             headers={"Retry-After": "1"},
         )
 
-    async def work(conn: asyncpg.Connection) -> tuple[int, Any]:
-        view = await service.reserve(
-            conn,
-            clock,
-            channel_id=body.channel_id,
-            lines=[(line.sku, line.quantity) for line in body.lines],
-            client_id=principal.subject,
-            customer_id=body.customer_id,
-            ttl=timedelta(seconds=body.ttl_seconds),
-            all_or_nothing=body.mode == "all_or_nothing",
-            pickup_location=body.pickup_location,
-        )
-        return 201, view
-
-    return await _run_once(request, principal, idempotency_key, body, work)
+    key = idempotency.checked_key(idempotency_key)
+    assert key is not None
+    command = ReserveStock(
+        channel_id=body.channel_id,
+        lines=tuple((line.sku, line.quantity) for line in body.lines),
+        client_id=principal.subject,
+        customer_id=body.customer_id,
+        ttl=timedelta(seconds=body.ttl_seconds),
+        all_or_nothing=body.mode == "all_or_nothing",
+        pickup_location=body.pickup_location,
+    )
+    fingerprint = idempotency.request_fingerprint("POST", "/v1/reservations", body.model_dump())
+    batcher: ReservationBatcher = request.app.state.batcher
+    try:
+        answer = await batcher.submit(command, principal.subject, key, fingerprint)
+    except REFUSALS as exc:
+        raise _problem(exc) from None
+    headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
+    return FastJSONResponse(answer.body, status_code=answer.status, headers=headers)
 
 
 @router.get("/reservations/{reservation_id}")
@@ -582,17 +599,33 @@ def sweeper(
 def build_app(
     settings: Settings | None = None, clock: Clock | None = None, *, schema: str | None = None
 ) -> FastAPI:
+    from omnistock.inventory import bulk_api
+
     settings = settings or get_settings()
     own = InventorySettings()
     clock = clock or SystemClock()
     runtime = ServiceRuntime(
         SERVICE, settings, schema=schema, jobs=[sweeper(own.sweep_interval_s, clock)]
     )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with runtime.lifespan():
+            batcher = ReservationBatcher(
+                runtime.pool, clock, own.reservation_batch_workers, own.reservation_batch_max
+            )
+            app.state.batcher = batcher
+            batcher.start()
+            try:
+                yield
+            finally:
+                await batcher.stop()
+
     app = create_app(
         service=SERVICE,
         settings=settings,
-        routers=[router],
-        lifespan=runtime.lifespan,
+        routers=[router, bulk_api.router],
+        lifespan=lifespan,
         readiness=runtime.readiness(),
     )
     app.state.runtime = runtime

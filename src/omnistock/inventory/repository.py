@@ -80,6 +80,40 @@ async def channel(conn: asyncpg.Connection, channel_id: str) -> Channel | None:
     )
 
 
+async def channels(conn: asyncpg.Connection, channel_ids: Iterable[str]) -> dict[str, Channel]:
+    """Several channels with their sourcing, in one query."""
+    rows = await conn.fetch(
+        """SELECT c.channel_id, c.availability_cap, c.max_units_per_customer,
+                  r.location_id, r.priority, r.safety_stock, l.capabilities
+           FROM channels c
+           LEFT JOIN sourcing_rules r USING (channel_id)
+           LEFT JOIN locations l ON l.location_id = r.location_id
+           WHERE c.channel_id = ANY($1::text[])
+           ORDER BY c.channel_id, r.priority""",
+        sorted(set(channel_ids)),
+    )
+    sources: dict[str, list[Source]] = {}
+    heads: dict[str, asyncpg.Record] = {}
+    for row in rows:
+        heads.setdefault(row["channel_id"], row)
+        found = sources.setdefault(row["channel_id"], [])
+        if row["location_id"] is not None:
+            found.append(
+                Source(
+                    row["location_id"],
+                    row["priority"],
+                    row["safety_stock"],
+                    frozenset(row["capabilities"]),
+                )
+            )
+    return {
+        cid: Channel(
+            cid, head["availability_cap"], head["max_units_per_customer"], tuple(sources[cid])
+        )
+        for cid, head in heads.items()
+    }
+
+
 async def levels(
     conn: asyncpg.Connection, skus: Sequence[str], location_ids: Sequence[str] | None = None
 ) -> dict[tuple[str, str], StockLevel]:
@@ -160,6 +194,25 @@ async def apply_changes(
     ]
 
 
+_FIGURES = """
+    figures AS (
+        SELECT a.channel_id, a.sku,
+               LEAST(coalesce(c.availability_cap, 2147483647),
+                     coalesce(sum(GREATEST(0, s.on_hand - s.reserved - s.allocated
+                                               - r.safety_stock)), 0))::int AS available
+        FROM affected a
+        JOIN channels c ON c.channel_id = a.channel_id
+        LEFT JOIN sourcing_rules r ON r.channel_id = a.channel_id
+        LEFT JOIN stock s ON s.sku = a.sku AND s.location_id = r.location_id
+        GROUP BY a.channel_id, a.sku, c.availability_cap)
+    INSERT INTO availability AS v (channel_id, sku, available, version)
+    SELECT channel_id, sku, available, 1 FROM figures
+    ON CONFLICT (channel_id, sku) DO UPDATE
+        SET available = EXCLUDED.available, version = v.version + 1
+        WHERE v.available <> EXCLUDED.available
+    RETURNING channel_id, sku, available, version"""
+
+
 async def refresh_availability(
     conn: asyncpg.Connection, items: Iterable[tuple[str, str]]
 ) -> list[asyncpg.Record]:
@@ -173,25 +226,23 @@ async def refresh_availability(
                SELECT DISTINCT sku, loc FROM unnest($1::text[], $2::text[]) AS t(sku, loc)),
            affected AS (
                SELECT DISTINCT r.channel_id, t.sku
-               FROM touched t JOIN sourcing_rules r ON r.location_id = t.loc),
-           figures AS (
-               SELECT a.channel_id, a.sku,
-                      LEAST(coalesce(c.availability_cap, 2147483647),
-                            coalesce(sum(GREATEST(0, s.on_hand - s.reserved - s.allocated
-                                                      - r.safety_stock)), 0))::int AS available
-               FROM affected a
-               JOIN channels c ON c.channel_id = a.channel_id
-               JOIN sourcing_rules r ON r.channel_id = a.channel_id
-               LEFT JOIN stock s ON s.sku = a.sku AND s.location_id = r.location_id
-               GROUP BY a.channel_id, a.sku, c.availability_cap)
-           INSERT INTO availability AS v (channel_id, sku, available, version)
-           SELECT channel_id, sku, available, 1 FROM figures
-           ON CONFLICT (channel_id, sku) DO UPDATE
-               SET available = EXCLUDED.available, version = v.version + 1
-               WHERE v.available <> EXCLUDED.available
-           RETURNING channel_id, sku, available, version""",
+               FROM touched t JOIN sourcing_rules r ON r.location_id = t.loc),"""
+        + _FIGURES,
         [p[0] for p in pairs],
         [p[1] for p in pairs],
+    )
+    return rows
+
+
+async def refresh_channel_availability(
+    conn: asyncpg.Connection, channel_id: str, skus: Sequence[str]
+) -> list[asyncpg.Record]:
+    """The same for one channel and the given SKUs (after its sourcing changed)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """WITH affected AS (SELECT $1::text AS channel_id, unnest($2::text[]) AS sku),"""
+        + _FIGURES,
+        channel_id,
+        list(skus),
     )
     return rows
 

@@ -14,36 +14,23 @@ import asyncpg
 
 from omnistock.contracts import inventory as events
 from omnistock.inventory import domain, repository
-from omnistock.inventory.domain import Pick, ReservationStatus, Shortfall
-from omnistock.inventory.repository import Change, Movement
+from omnistock.inventory.domain import Pick, ReservationStatus
+from omnistock.inventory.effects import SOURCE, availability_messages, commit_changes
+from omnistock.inventory.repository import Change
+from omnistock.inventory.reserving import (
+    DEFAULT_TTL,
+    MAX_TTL,
+    CustomerLimitExceeded,
+    NotFound,
+    OutOfStock,
+    ReserveStock,
+    reservation_view,
+    reserve_many,
+)
 from omnistock.platform.clock import Clock
 from omnistock.platform.outbox import OutboxMessage, add_to_outbox
 
-SOURCE = "/omnistock/inventory"
-DEFAULT_TTL = timedelta(minutes=15)
-MAX_TTL = timedelta(hours=2)
-
-
-class NotFound(Exception):
-    def __init__(self, what: str, key: str) -> None:
-        super().__init__(f"{what} {key!r} not found")
-        self.what, self.key = what, key
-
-
-class OutOfStock(Exception):
-    def __init__(self, shortfalls: Sequence[Shortfall]) -> None:
-        super().__init__(
-            ", ".join(
-                f"{s.sku}: {s.requested} requested, {s.available} available" for s in shortfalls
-            )
-        )
-        self.shortfalls = tuple(shortfalls)
-
-
-class CustomerLimitExceeded(Exception):
-    def __init__(self, excess: dict[str, int], limit: int) -> None:
-        super().__init__(f"at most {limit} units per SKU and customer")
-        self.excess, self.limit = excess, limit
+__all__ = ["Change", "CustomerLimitExceeded", "NotFound", "OutOfStock", "commit_changes"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,55 +38,6 @@ class CountResult:
     status: str  # "applied" or "stale"
     last_sequence: int
     on_hand: int
-
-
-def _availability_messages(rows: Sequence[asyncpg.Record]) -> list[OutboxMessage]:
-    return [
-        OutboxMessage(
-            events.AvailabilityChanged(r["channel_id"], r["sku"], r["available"], r["version"]),
-            aggregate_id=f"{r['channel_id']}:{r['sku']}",
-            aggregate_version=r["version"],
-        )
-        for r in rows
-    ]
-
-
-def _movement_messages(movements: Sequence[Movement]) -> list[OutboxMessage]:
-    return [
-        OutboxMessage(
-            events.StockMoved(
-                m.movement_id,
-                m.sku,
-                m.location_id,
-                m.quantity,
-                m.reason,
-                m.on_hand,
-                m.source,
-                m.reference,
-            ),
-            aggregate_id=f"{m.sku}@{m.location_id}",
-            aggregate_version=m.movement_id,
-        )
-        for m in movements
-    ]
-
-
-async def _commit_changes(
-    conn: asyncpg.Connection,
-    clock: Clock,
-    changes: Sequence[Change],
-    extra: Sequence[OutboxMessage] = (),
-) -> list[Movement]:
-    """Apply stock changes, append the ledger, refresh availability, write all events."""
-    movements = await repository.apply_changes(conn, changes, clock.now())
-    changed = await repository.refresh_availability(conn, [(c.sku, c.location_id) for c in changes])
-    await add_to_outbox(
-        conn,
-        SOURCE,
-        [*extra, *_movement_messages(movements), *_availability_messages(changed)],
-        clock,
-    )
-    return movements
 
 
 async def put_location(
@@ -132,7 +70,7 @@ async def put_channel(
     sources: Sequence[domain.Source],
     availability_cap: int | None = None,
     max_units_per_customer: int | None = None,
-) -> None:
+) -> str | None:
     """Create or replace a channel and its sourcing; its availability is recomputed."""
     unknown = await conn.fetchval(
         """SELECT array_agg(l) FROM unnest($1::text[]) AS l
@@ -161,15 +99,37 @@ async def put_channel(
            VALUES ($1, $2, $3, $4)""",
         [(channel_id, s.location_id, s.priority, s.safety_stock) for s in sources],
     )
+    # The first slice of its availability now; the caller refreshes the rest (refresh_channel).
+    return await refresh_channel(conn, clock, channel_id)
+
+
+async def refresh_channel(
+    conn: asyncpg.Connection, clock: Clock, channel_id: str, after_sku: str = "", limit: int = 1000
+) -> str | None:
+    """Recompute the channel's availability for its next ``limit`` SKUs after ``after_sku``
+    (those stocked at its locations, and those it published before, which a dropped location
+    may have changed); returns the last SKU done, or None when there are no more. A channel's
+    whole catalogue is refreshed in such slices, one transaction each, so that no transaction
+    takes tens of thousands of SKU locks."""
     skus = await conn.fetch(
-        "SELECT DISTINCT sku, location_id FROM stock WHERE location_id = ANY($1::text[])",
-        [s.location_id for s in sources],
+        """SELECT sku FROM (
+               SELECT s.sku FROM stock s JOIN sourcing_rules r USING (location_id)
+               WHERE r.channel_id = $1 AND s.sku > $2
+               UNION
+               SELECT sku FROM availability WHERE channel_id = $1 AND sku > $2) AS k
+           ORDER BY sku LIMIT $3""",
+        channel_id,
+        after_sku,
+        limit,
     )
-    await repository.lock_skus(conn, {r["sku"] for r in skus})
-    changed = await repository.refresh_availability(
-        conn, [(r["sku"], r["location_id"]) for r in skus]
-    )
-    await add_to_outbox(conn, SOURCE, _availability_messages(changed), clock)
+    if not skus:
+        return None
+    names = [r["sku"] for r in skus]
+    await repository.lock_skus(conn, names)
+    changed = await repository.refresh_channel_availability(conn, channel_id, names)
+    await add_to_outbox(conn, SOURCE, availability_messages(changed), clock)
+    last: str = names[-1]
+    return last
 
 
 async def count_stock(
@@ -249,7 +209,7 @@ async def count_stock(
                 reference=str(sequence),
             )
         )
-    await _commit_changes(conn, clock, changes, extra)
+    await commit_changes(conn, clock, changes, extra)
     return CountResult("applied", sequence, on_hand)
 
 
@@ -268,7 +228,7 @@ async def adjust_stock(
     await repository.lock_skus(conn, [sku])
     if not await conn.fetchval("SELECT true FROM locations WHERE location_id = $1", location_id):
         raise NotFound("location", location_id)
-    movements = await _commit_changes(
+    movements = await commit_changes(
         conn,
         clock,
         [Change(sku, location_id, on_hand=quantity, movement_reason=reason, reference=reference)],
@@ -288,97 +248,14 @@ async def reserve(
     all_or_nothing: bool = True,
     pickup_location: str | None = None,
 ) -> dict[str, Any]:
-    requested = domain.merge_lines(lines)
-    await repository.lock_skus(conn, requested)
-    channel = await repository.channel(conn, channel_id)
-    if channel is None:
-        raise NotFound("channel", channel_id)
-    if customer_id is not None and channel.max_units_per_customer is not None:
-        held = await conn.fetch(
-            """SELECT l.sku, sum(l.quantity)::int AS held
-               FROM reservations r JOIN reservation_lines l USING (reservation_id)
-               WHERE r.channel_id = $1 AND r.customer_id = $2 AND r.status = 'active'
-                 AND l.sku = ANY($3::text[])
-               GROUP BY l.sku""",
-            channel_id,
-            customer_id,
-            list(requested),
-        )
-        limit = domain.CustomerLimit(
-            channel.max_units_per_customer, {r["sku"]: r["held"] for r in held}
-        )
-        if excess := limit.excess(requested):
-            raise CustomerLimitExceeded(excess, channel.max_units_per_customer)
-    levels = await repository.levels(
-        conn, list(requested), [s.location_id for s in channel.sources]
+    """One reservation in the caller's transaction; raises the refusal, if any."""
+    command = ReserveStock(
+        channel_id, tuple(lines), client_id, customer_id, ttl, all_or_nothing, pickup_location
     )
-    plan = domain.plan_reservation(
-        requested,
-        channel.sources,
-        levels,
-        cap=channel.availability_cap,
-        all_or_nothing=all_or_nothing,
-        pickup_location=pickup_location,
-    )
-    if not plan.picks:
-        raise OutOfStock(plan.shortfalls)
-    reservation_id = str(uuid.uuid4())
-    now = clock.now()
-    expires_at = now + min(ttl, MAX_TTL)
-    await conn.execute(
-        """INSERT INTO reservations
-               (reservation_id, channel_id, client_id, customer_id, status, created_at, expires_at)
-           VALUES ($1, $2, $3, $4, 'active', $5, $6)""",
-        reservation_id,
-        channel_id,
-        client_id,
-        customer_id,
-        now,
-        expires_at,
-    )
-    await conn.executemany(
-        """INSERT INTO reservation_lines (reservation_id, sku, location_id, quantity)
-           VALUES ($1, $2, $3, $4)""",
-        [(reservation_id, p.sku, p.location_id, p.quantity) for p in plan.picks],
-    )
-    reserved = events.StockReserved(
-        reservation_id,
-        channel_id,
-        [events.Line(p.sku, p.location_id, p.quantity) for p in plan.picks],
-        expires_at.isoformat(),
-        customer_id,
-    )
-    await _commit_changes(
-        conn,
-        clock,
-        [Change(p.sku, p.location_id, reserved=p.quantity) for p in plan.picks],
-        [OutboxMessage(reserved, aggregate_id=reservation_id, aggregate_version=1)],
-    )
-    return _reservation_view(
-        reservation_id, channel_id, "active", expires_at, plan.picks, plan.shortfalls
-    )
-
-
-def _reservation_view(
-    reservation_id: str,
-    channel_id: str,
-    status: str,
-    expires_at: Any,
-    picks: Sequence[Pick],
-    shortfalls: Sequence[Shortfall] = (),
-) -> dict[str, Any]:
-    return {
-        "reservation_id": reservation_id,
-        "channel_id": channel_id,
-        "status": status,
-        "expires_at": expires_at.isoformat(),
-        "lines": [
-            {"sku": p.sku, "location_id": p.location_id, "quantity": p.quantity} for p in picks
-        ],
-        "refused": [
-            {"sku": s.sku, "requested": s.requested, "available": s.available} for s in shortfalls
-        ],
-    }
+    (outcome,) = await reserve_many(conn, clock, [command])
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
 async def _locked_reservation(
@@ -492,7 +369,7 @@ async def extend(
         clock,
     )
     picks = [Pick(line["sku"], line["location_id"], line["quantity"]) for line in lines]
-    return _reservation_view(reservation_id, row["channel_id"], "active", expires_at, picks)
+    return reservation_view(reservation_id, row["channel_id"], "active", expires_at, picks)
 
 
 async def release(
@@ -502,7 +379,7 @@ async def release(
     domain.transition(ReservationStatus(row["status"]), ReservationStatus.RELEASED)
     messages: list[OutboxMessage] = []
     changes = await _release_reservations(conn, [reservation_id], reason, messages)
-    await _commit_changes(conn, clock, changes, messages)
+    await commit_changes(conn, clock, changes, messages)
 
 
 async def expire_due(conn: asyncpg.Connection, clock: Clock, limit: int = 500) -> int:
@@ -527,7 +404,7 @@ async def expire_due(conn: asyncpg.Connection, clock: Clock, limit: int = 500) -
         clock.now(),
     )
     changes = await _release_reservations(conn, [r["id"] for r in still_due], "expired", messages)
-    await _commit_changes(conn, clock, changes, messages)
+    await commit_changes(conn, clock, changes, messages)
     return len(still_due)
 
 
@@ -560,7 +437,7 @@ async def commit(
             for a in allocations
         ],
     )
-    await _commit_changes(
+    await commit_changes(
         conn,
         clock,
         [
@@ -617,7 +494,7 @@ async def ship(
         if row["status"] == "shipped":
             return  # shipped already: a redelivery changes nothing
         raise domain.InvalidTransition(f"allocation {allocation_id} is {row['status']}")
-    await _commit_changes(
+    await commit_changes(
         conn,
         clock,
         [
@@ -656,7 +533,7 @@ async def cancel_allocations(
     )
     messages: list[OutboxMessage] = []
     changes = await _release_allocations(conn, [r["id"] for r in ids], reason, messages, clock)
-    await _commit_changes(conn, clock, changes, messages)
+    await commit_changes(conn, clock, changes, messages)
     return len(changes)
 
 
@@ -684,4 +561,4 @@ async def restock_return(
                 sku, location_id, on_hand=-quantity, movement_reason="damage", reference=reference
             )
         )
-    await _commit_changes(conn, clock, changes)
+    await commit_changes(conn, clock, changes)

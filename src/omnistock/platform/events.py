@@ -14,7 +14,8 @@ are additive, a breaking change is a new type.
 
 from __future__ import annotations
 
-import uuid
+import os
+import time
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, Union
 
@@ -96,7 +97,19 @@ def payload_class(type_name: str) -> type[Any]:
 
 
 def new_event_id() -> str:
-    return str(uuid.uuid4())
+    """A UUIDv7: time-ordered, so the inboxes' primary keys grow at their right edge instead of
+    splitting pages all over the index; and several times cheaper to make than uuid4()."""
+    millis = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (
+        (millis & 0xFFFF_FFFF_FFFF) << 80
+        | 0x7 << 76
+        | (rand >> 62 & 0xFFF) << 64
+        | 0b10 << 62
+        | rand & 0x3FFF_FFFF_FFFF_FFFF
+    )
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def encode(

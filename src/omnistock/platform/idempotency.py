@@ -63,7 +63,7 @@ async def run_once(
     rolls its effect back, and returns the winner's answer. Errors (4xx raised as Problem) are not
     stored: nothing was changed, so the client may correct the request and send it again.
     """
-    stored = await _stored(pool, principal, key, fingerprint)
+    stored = await stored_answer(pool, principal, key, fingerprint)
     if stored is not None:
         return stored
     try:
@@ -83,28 +83,49 @@ async def run_once(
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name != "idempotency_keys_pkey":
             raise
-    stored = await _stored(pool, principal, key, fingerprint)
+    stored = await stored_answer(pool, principal, key, fingerprint)
     assert stored is not None, "a conflicting key row must exist"
     return stored
 
 
-async def _stored(
-    pool: asyncpg.Pool, principal: str, key: str, fingerprint: str
+async def stored_answer(
+    pool: asyncpg.Pool | asyncpg.Connection, principal: str, key: str, fingerprint: str
 ) -> StoredAnswer | None:
-    row = await pool.fetchrow(
-        """SELECT request_hash, status_code, response_body FROM idempotency_keys
-           WHERE principal = $1 AND idempotency_key = $2""",
-        principal,
-        key,
+    """The answer stored under (principal, key); raises if the key was used for another request."""
+    found = await stored_answers(pool, [(principal, key, fingerprint)])
+    answer = found.get((principal, key))
+    if isinstance(answer, Problem):
+        raise answer
+    return answer
+
+
+async def stored_answers(
+    conn: asyncpg.Pool | asyncpg.Connection, requests: list[tuple[str, str, str]]
+) -> dict[tuple[str, str], StoredAnswer | Problem]:
+    """Stored answers of many (principal, key, fingerprint) requests in one query: the answer,
+    or the problem to give a request that reuses a key for something else."""
+    rows = await conn.fetch(
+        """SELECT k.principal, k.idempotency_key, k.request_hash, k.status_code, k.response_body
+           FROM idempotency_keys k
+           JOIN unnest($1::text[], $2::text[]) AS w(principal, idempotency_key)
+                USING (principal, idempotency_key)""",
+        [r[0] for r in requests],
+        [r[1] for r in requests],
     )
-    if row is None:
-        return None
-    if row["request_hash"] != fingerprint:
-        raise Problem(
-            422,
-            "Idempotency-Key reused",
-            "this key was used for a different request",
-            type_="idempotency-key-reused",
-            errors=[{"field": "header.Idempotency-Key", "message": "used for another request"}],
-        )
-    return StoredAnswer(row["status_code"], orjson.loads(row["response_body"]), replayed=True)
+    wanted = {(p, k): f for p, k, f in requests}
+    found: dict[tuple[str, str], StoredAnswer | Problem] = {}
+    for row in rows:
+        slot = (row["principal"], row["idempotency_key"])
+        if row["request_hash"] != wanted[slot]:
+            found[slot] = Problem(
+                422,
+                "Idempotency-Key reused",
+                "this key was used for a different request",
+                type_="idempotency-key-reused",
+                errors=[{"field": "header.Idempotency-Key", "message": "used for another request"}],
+            )
+        else:
+            found[slot] = StoredAnswer(
+                row["status_code"], orjson.loads(row["response_body"]), replayed=True
+            )
+    return found
