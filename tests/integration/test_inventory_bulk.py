@@ -22,7 +22,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from omnistock.inventory import api, bulk, snapshot
+from omnistock.inventory import bulk
 from omnistock.inventory.api import build_app
 from omnistock.inventory.cli import app as inventory_cli
 from omnistock.platform import db
@@ -447,10 +447,6 @@ async def test_a_failure_mid_file_keeps_the_committed_chunks_and_a_second_run_co
     assert (report.applied, report.unchanged) == (2, 4)
     assert await inventory.stock() == {(f"F-{n}", "wh-1"): n for n in range(1, 7)}
     await assert_ledger_sums_to_on_hand(inventory.pool)
-
-
-def test_the_snapshot_sku_pattern_is_the_apis() -> None:
-    assert snapshot.SKU_PATTERN == api.SKU_PATTERN
 
 
 # The command line against a real server process.

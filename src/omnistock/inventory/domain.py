@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+LOCATION_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+CHANNEL_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
+
 
 class InvalidTransition(Exception):
     pass

@@ -16,10 +16,11 @@ from typing import Literal
 
 import orjson
 
+from omnistock.inventory.domain import SKU_PATTERN
+
 Format = Literal["csv", "jsonl"]
 
 COLUMNS = ("sku", "location_id", "on_hand")
-SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # the API's pattern for a SKU
 MAX_ON_HAND = 10_000_000
 MAX_LINE_BYTES = 4_096
 

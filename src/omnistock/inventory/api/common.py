@@ -1,0 +1,113 @@
+"""What every inventory route shares: the router, the state, errors as problems."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+from fastapi import APIRouter, Request
+from pydantic import BaseModel
+
+from omnistock.inventory import domain, service
+from omnistock.platform import idempotency
+from omnistock.platform.auth import Principal
+from omnistock.platform.clock import Clock
+from omnistock.platform.http import FastJSONResponse
+from omnistock.platform.problems import Problem
+from omnistock.platform.runtime import ServiceRuntime
+
+router = APIRouter(prefix="/v1", tags=["inventory"])
+
+
+def state_of(request: Request) -> tuple[ServiceRuntime, Clock]:
+    return request.app.state.runtime, request.app.state.clock
+
+
+def as_problem(exc: Exception) -> Problem:
+    if isinstance(exc, service.OutOfStock):
+        return Problem(
+            409,
+            "Out of stock",
+            str(exc),
+            type_="out-of-stock",
+            errors=[
+                {
+                    "field": "lines",
+                    "sku": s.sku,
+                    "requested": s.requested,
+                    "available": s.available,
+                    "message": f"{s.requested} requested, {s.available} available",
+                }
+                for s in exc.shortfalls
+            ],
+        )
+    if isinstance(exc, service.NotFound):
+        return Problem(404, f"{exc.what.capitalize()} not found", str(exc), type_="not-found")
+    if isinstance(exc, service.CustomerLimitExceeded):
+        return Problem(
+            409,
+            "Limit per customer",
+            str(exc),
+            type_="customer-limit",
+            errors=[
+                {"field": "lines", "sku": sku, "message": f"{extra} units over the limit"}
+                for sku, extra in exc.excess.items()
+            ],
+        )
+    if isinstance(exc, domain.InvalidTransition):
+        return Problem(409, "Invalid state", str(exc), type_="invalid-transition")
+    if isinstance(exc, asyncpg.CheckViolationError):
+        return Problem(
+            409,
+            "Not enough stock",
+            "the change would take stock below what is held or below zero",
+            type_="insufficient-stock",
+        )
+    raise exc
+
+
+async def in_transaction(
+    request: Request, work: Callable[[asyncpg.Connection], Awaitable[Any]]
+) -> Any:
+    runtime, _ = state_of(request)
+    try:
+        async with runtime.pool.acquire() as conn, conn.transaction():
+            return await work(conn)
+    except (
+        service.OutOfStock,
+        service.NotFound,
+        service.CustomerLimitExceeded,
+        domain.InvalidTransition,
+        asyncpg.CheckViolationError,
+    ) as exc:
+        raise as_problem(exc) from None
+
+
+async def run_once_per_key(
+    request: Request,
+    principal: Principal,
+    key: str | None,
+    body: BaseModel | None,
+    work: Callable[[asyncpg.Connection], Awaitable[tuple[int, Any]]],
+) -> FastJSONResponse:
+    runtime, _ = state_of(request)
+    checked = idempotency.checked_key(key)
+    assert checked is not None
+    fingerprint = idempotency.request_fingerprint(
+        request.method, request.url.path, body.model_dump() if body else None
+    )
+    try:
+        answer = await idempotency.run_once(
+            runtime.pool, principal.subject, checked, fingerprint, work
+        )
+    except (
+        service.OutOfStock,
+        service.NotFound,
+        service.CustomerLimitExceeded,
+        domain.InvalidTransition,
+        asyncpg.CheckViolationError,
+    ) as exc:
+        raise as_problem(exc) from None
+    headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
+    return FastJSONResponse(answer.body, status_code=answer.status, headers=headers)

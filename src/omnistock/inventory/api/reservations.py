@@ -1,0 +1,204 @@
+"""Reservations, and what becomes of them: allocations, shipments, returns."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import Header, Request
+
+from omnistock.inventory import repository, service
+from omnistock.inventory.api.common import (
+    as_problem,
+    in_transaction,
+    router,
+    run_once_per_key,
+    state_of,
+)
+from omnistock.inventory.api.schemas import (
+    Cancellation,
+    Commitment,
+    Extension,
+    ReservationRequest,
+    Return,
+    Shipment,
+)
+from omnistock.inventory.reserving import REFUSALS, ReservationBatcher, ReserveStock
+from omnistock.platform import idempotency
+from omnistock.platform.auth import Principal, requires
+from omnistock.platform.http import FastJSONResponse
+from omnistock.platform.problems import Problem
+from omnistock.platform.ratelimit import RateLimiter
+
+
+@router.post("/reservations", status_code=201)
+async def create_reservation(
+    body: ReservationRequest,
+    request: Request,
+    principal: Annotated[Principal, requires("inventory:reserve")],
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> FastJSONResponse:
+    limiter: RateLimiter = request.app.state.rate_limiter
+    if not limiter.allow(principal.subject):
+        raise Problem(
+            429,
+            "Too many reservations",
+            "slow down: this client's reservation rate is limited",
+            type_="rate-limited",
+            headers={"Retry-After": "1"},
+        )
+
+    key = idempotency.checked_key(idempotency_key)
+    assert key is not None
+    command = ReserveStock(
+        channel_id=body.channel_id,
+        lines=tuple((line.sku, line.quantity) for line in body.lines),
+        client_id=principal.subject,
+        customer_id=body.customer_id,
+        ttl=timedelta(seconds=body.ttl_seconds),
+        all_or_nothing=body.mode == "all_or_nothing",
+        pickup_location=body.pickup_location,
+    )
+    fingerprint = idempotency.request_fingerprint("POST", "/v1/reservations", body.model_dump())
+    batcher: ReservationBatcher = request.app.state.batcher
+    try:
+        answer = await batcher.submit(command, principal.subject, key, fingerprint)
+    except REFUSALS as exc:
+        raise as_problem(exc) from None
+    headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
+    return FastJSONResponse(answer.body, status_code=answer.status, headers=headers)
+
+
+@router.get("/reservations/{reservation_id}")
+async def get_reservation(
+    reservation_id: str,
+    request: Request,
+    _auth: Annotated[Principal, requires("inventory:reserve", "inventory:read")],
+) -> dict[str, Any]:
+    found = await in_transaction(
+        request, lambda conn: repository.reservation(conn, _uuid(reservation_id))
+    )
+    if found is None:
+        raise Problem(
+            404, "Reservation not found", f"no reservation {reservation_id}", type_="not-found"
+        )
+    row, lines = found
+    return {
+        "reservation_id": reservation_id,
+        "channel_id": row["channel_id"],
+        "status": row["status"],
+        "expires_at": row["expires_at"].isoformat(),
+        "order_id": row["order_id"],
+        "lines": [dict(line) for line in lines],
+    }
+
+
+def _uuid(value: str) -> str:
+    import uuid
+
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise Problem(
+            422,
+            "Invalid request",
+            "path.reservation_id: not a UUID",
+            type_="validation-error",
+            errors=[{"field": "path.reservation_id", "message": "not a UUID"}],
+        ) from None
+
+
+@router.post("/reservations/{reservation_id}/extend")
+async def extend_reservation(
+    reservation_id: str,
+    body: Extension,
+    request: Request,
+    _auth: Annotated[Principal, requires("inventory:reserve")],
+) -> dict[str, Any]:
+    _, clock = state_of(request)
+    result: dict[str, Any] = await in_transaction(
+        request,
+        lambda conn: service.extend(
+            conn, clock, _uuid(reservation_id), timedelta(seconds=body.ttl_seconds)
+        ),
+    )
+    return result
+
+
+@router.delete("/reservations/{reservation_id}", status_code=204)
+async def release_reservation(
+    reservation_id: str,
+    request: Request,
+    _auth: Annotated[Principal, requires("inventory:reserve")],
+) -> None:
+    _, clock = state_of(request)
+    await in_transaction(request, lambda conn: service.release(conn, clock, _uuid(reservation_id)))
+
+
+@router.post("/reservations/{reservation_id}/commit")
+async def commit_reservation(
+    reservation_id: str,
+    body: Commitment,
+    request: Request,
+    _auth: Annotated[Principal, requires("inventory:allocate")],
+) -> dict[str, Any]:
+    _, clock = state_of(request)
+    allocations = await in_transaction(
+        request, lambda conn: service.commit(conn, clock, _uuid(reservation_id), body.order_id)
+    )
+    return {"order_id": body.order_id, "allocations": allocations}
+
+
+@router.post("/orders/{order_id}/allocations/{allocation_id}/ship")
+async def ship_allocation(
+    order_id: str,
+    allocation_id: str,
+    body: Shipment,
+    request: Request,
+    _auth: Annotated[Principal, requires("inventory:fulfil")],
+) -> dict[str, str]:
+    _, clock = state_of(request)
+    await in_transaction(
+        request,
+        lambda conn: service.ship(conn, clock, order_id, _uuid(allocation_id), body.shipment_id),
+    )
+    return {"order_id": order_id, "allocation_id": allocation_id, "status": "shipped"}
+
+
+@router.post("/orders/{order_id}/cancel")
+async def cancel_order_allocations(
+    order_id: str,
+    body: Cancellation,
+    request: Request,
+    _auth: Annotated[Principal, requires("inventory:allocate")],
+) -> dict[str, Any]:
+    _, clock = state_of(request)
+    released = await in_transaction(
+        request, lambda conn: service.cancel_allocations(conn, clock, order_id, body.reason)
+    )
+    return {"order_id": order_id, "released": released}
+
+
+@router.post("/returns", status_code=201)
+async def restock_return(
+    body: Return,
+    request: Request,
+    principal: Annotated[Principal, requires("inventory:write")],
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> FastJSONResponse:
+    _, clock = state_of(request)
+
+    async def work(conn: asyncpg.Connection) -> tuple[int, Any]:
+        await service.restock_return(
+            conn,
+            clock,
+            sku=body.sku,
+            location_id=body.location_id,
+            quantity=body.quantity,
+            sellable=body.sellable,
+            reference=body.reference,
+        )
+        return 201, body.model_dump()
+
+    return await run_once_per_key(request, principal, idempotency_key, body, work)
