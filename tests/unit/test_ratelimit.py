@@ -1,0 +1,16 @@
+from omnistock.platform.ratelimit import RateLimiter
+
+
+def test_a_client_gets_its_burst_then_its_rate() -> None:
+    limiter = RateLimiter(rate_per_s=2.0, burst=3)
+    assert [limiter.allow("bot", now=100.0) for _ in range(4)] == [True, True, True, False]
+    assert limiter.allow("bot", now=100.4) is False  # 0.8 of a token so far
+    assert limiter.allow("bot", now=100.5) is True
+    assert limiter.allow("human", now=100.5) is True  # buckets are per client
+
+
+def test_tokens_never_pile_up_beyond_the_burst() -> None:
+    limiter = RateLimiter(rate_per_s=10.0, burst=2)
+    assert limiter.allow("c", now=0.0)
+    granted = [limiter.allow("c", now=3600.0) for _ in range(3)]
+    assert granted == [True, True, False]
