@@ -8,16 +8,20 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from fastapi import FastAPI
 
 from omnistock.demo import workers
 from omnistock.platform import db, kafka
+from omnistock.platform.auth import mint_token
 from omnistock.platform.migrations import migrate, migrations_for
 from omnistock.platform.settings import Settings
 
@@ -151,3 +155,86 @@ def read_topic(settings: Settings, topic: str, timeout_s: float = 20.0) -> list[
         return messages
     finally:
         consumer.close()
+
+
+async def create_service_schema(settings: Settings, service: str, package: str) -> str:
+    """A fresh schema with ``service``'s tables (its migrations applied, as before a start)."""
+    schema = f"test_{service}_{uuid.uuid4().hex[:10]}"
+    conn = await db.connect(settings.database_url, schema)
+    try:
+        await migrate(conn, schema, migrations_for(service, package))
+    finally:
+        await conn.close()
+    return schema
+
+
+async def drop_schema(settings: Settings, schema: str) -> None:
+    conn = await db.connect(settings.database_url, "public")
+    try:
+        await conn.execute(f"DROP SCHEMA {db.checked_identifier(schema)} CASCADE")
+    finally:
+        await conn.close()
+
+
+def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """The offset the next message of each partition of ``topic`` will get."""
+    consumer = Consumer(kafka.consumer_config(settings, f"reader-{uuid.uuid4().hex}"))
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in metadata.partitions
+        }
+    finally:
+        consumer.close()
+
+
+def read_topic_to_end(
+    settings: Settings,
+    topic: str,
+    timeout_s: float = 20.0,
+    start: dict[int, int] | None = None,
+) -> list[Any]:
+    """Every message in ``topic`` from ``start`` (offsets per partition; the beginning by
+    default) up to its current end. Unlike ``read_topic`` it stops at the end offsets rather
+    than at a message count, so it is quick on compacted topics too, where the log cleaner
+    leaves gaps in the offsets."""
+    ends = end_offsets(settings, topic)
+    begin = {p: (start or {}).get(p, 0) for p in ends}
+    reached = {p: begin[p] for p in ends if ends[p] > begin[p]}
+    consumer = Consumer(kafka.consumer_config(settings, f"reader-{uuid.uuid4().hex}"))
+    try:
+        consumer.assign([TopicPartition(topic, p, begin[p]) for p in reached])
+        messages: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        while any(reached[p] < ends[p] for p in reached):
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {timeout_s}s reading {topic} to its end")
+            for message in consumer.consume(500, 0.5):
+                if message.error() is None and message.offset() < ends[message.partition()]:
+                    messages.append(message)
+                    reached[message.partition()] = message.offset() + 1
+            # A cleaned-away tail leaves the position past the last message read.
+            for tp in consumer.position([TopicPartition(topic, p) for p in reached]):
+                if tp.offset >= 0:
+                    reached[tp.partition] = max(reached[tp.partition], tp.offset)
+        return messages
+    finally:
+        consumer.close()
+
+
+def bearer(settings: Settings, subject: str, scopes: list[str]) -> dict[str, str]:
+    """The Authorization header of a locally minted token."""
+    return {"Authorization": f"Bearer {mint_token(settings, subject, scopes)}"}
+
+
+@asynccontextmanager
+async def served(app: FastAPI, headers: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of ``app`` in this process, with the app's lifespan (pool, relay, background
+    jobs) running until the block ends, as it would between a start and a graceful stop."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://service", headers=headers, timeout=30
+        ) as client:
+            yield client

@@ -15,6 +15,7 @@ temporary table of the import's connection rather than in the process.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -29,6 +30,7 @@ from omnistock.inventory.domain import MovementReason, StockLevel
 from omnistock.inventory.effects import commit_changes
 from omnistock.inventory.repository import Change
 from omnistock.inventory.snapshot import Format, RowError, SnapshotRow, read_rows
+from omnistock.platform import db
 from omnistock.platform.clock import Clock
 
 CHUNK_ROWS = 5_000
@@ -203,21 +205,29 @@ class _Job:
         and a shortage event goes out."""
         for row in rows:
             sequence = await self._next_sequence()
-            async with self.conn.transaction():
-                result = await service.count_stock(
-                    self.conn,
-                    self.clock,
-                    source=self.count_source,
-                    sequence=sequence,
-                    sku=row.sku,
-                    location_id=row.location_id,
-                    on_hand=row.on_hand,
-                )
+            result = await db.transaction_with_retries(
+                self.conn,
+                functools.partial(self._count, row, sequence),
+                (repository.LockContention,),
+            )
             if result.status == "stale":
                 self.report.reject(row.line, "a later import from the same source counted it")
                 continue
             self.report.applied += 1
             self.report.shortages += 1
+
+    async def _count(
+        self, row: SnapshotRow, sequence: int, conn: asyncpg.Connection
+    ) -> service.CountResult:
+        return await service.count_stock(
+            conn,
+            self.clock,
+            source=self.count_source,
+            sequence=sequence,
+            sku=row.sku,
+            location_id=row.location_id,
+            on_hand=row.on_hand,
+        )
 
     async def _first_occurrences(self, chunk: list[SnapshotRow]) -> list[SnapshotRow]:
         """The rows whose item the file has not named before; the repeats are rejected."""

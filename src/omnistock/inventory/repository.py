@@ -56,6 +56,39 @@ async def lock_skus(conn: asyncpg.Connection, skus: Iterable[str]) -> None:
     )
 
 
+class LockContention(Exception):
+    """A SKU lock that could not be taken in order is held elsewhere: retry the transaction."""
+
+
+async def try_lock_skus(conn: asyncpg.Connection, skus: Iterable[str]) -> None:
+    """Locks taken out of sorted order must not wait (that is how deadlocks start)."""
+    wanted = sorted(set(skus))
+    if not wanted:
+        return
+    got = await conn.fetchval(
+        """SELECT bool_and(pg_try_advisory_xact_lock(
+                   hashtextextended('omnistock.inventory.sku:' || sku, 0)))
+           FROM unnest($1::text[]) AS sku""",
+        wanted,
+    )
+    if not got:
+        raise LockContention(", ".join(wanted))
+
+
+async def skus_held_with(conn: asyncpg.Connection, sku: str, location_id: str) -> set[str]:
+    """The SKUs of the active reservations that hold units of (sku, location_id)."""
+    rows = await conn.fetch(
+        """SELECT DISTINCT other.sku
+           FROM reservation_lines mine
+           JOIN reservations r USING (reservation_id)
+           JOIN reservation_lines other USING (reservation_id)
+           WHERE mine.sku = $1 AND mine.location_id = $2 AND r.status = 'active'""",
+        sku,
+        location_id,
+    )
+    return {r["sku"] for r in rows}
+
+
 async def channel(conn: asyncpg.Connection, channel_id: str) -> Channel | None:
     row = await conn.fetchrow(
         "SELECT availability_cap, max_units_per_customer FROM channels WHERE channel_id = $1",

@@ -59,7 +59,18 @@ class CustomerLimitExceeded(Exception):
         self.excess, self.limit = excess, limit
 
 
-REFUSALS = (OutOfStock, NotFound, CustomerLimitExceeded)
+class CustomerIdRequired(Exception):
+    """A channel that limits units per customer cannot serve anonymous reservations: leaving
+    the customer out would be the way around the limit."""
+
+    def __init__(self, channel_id: str) -> None:
+        super().__init__(f"channel {channel_id} limits units per customer: name the customer")
+
+
+CUSTOMER_LIMIT_WINDOW = timedelta(hours=24)
+"""Units a customer reserved or ordered within this window count against the limit."""
+
+REFUSALS = (OutOfStock, NotFound, CustomerLimitExceeded, CustomerIdRequired)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +86,7 @@ class ReserveStock:
     pickup_location: str | None = None
 
 
-Outcome = dict[str, Any] | OutOfStock | NotFound | CustomerLimitExceeded
+Outcome = dict[str, Any] | OutOfStock | NotFound | CustomerLimitExceeded | CustomerIdRequired
 
 
 def reservation_view(
@@ -124,8 +135,8 @@ async def reserve_many(
     levels = dict(
         await repository.levels(conn, sorted({s for r in requested for s in r}), sorted(locations))
     )
-    customer_held = await _customer_holds(conn, commands, channels)
     now = clock.now()
+    customer_held = await _customer_holds(conn, commands, channels, now - CUSTOMER_LIMIT_WINDOW)
     batch = _Batch()
     outcomes: list[Outcome] = []
     for command, wanted in zip(commands, requested, strict=True):
@@ -147,6 +158,8 @@ def _plan_one(
     if channel is None:
         return NotFound("channel", command.channel_id)
     held: dict[str, int] = {}
+    if command.customer_id is None and channel.max_units_per_customer is not None:
+        return CustomerIdRequired(command.channel_id)
     if command.customer_id is not None and channel.max_units_per_customer is not None:
         held = customer_held.setdefault((command.channel_id, command.customer_id), {})
         limit = domain.CustomerLimit(channel.max_units_per_customer, held)
@@ -204,6 +217,7 @@ async def _customer_holds(
     conn: asyncpg.Connection,
     commands: Sequence[ReserveStock],
     channels: dict[str, repository.Channel | None],
+    since: datetime,
 ) -> dict[tuple[str, str], dict[str, int]]:
     limited = {
         (c.channel_id, c.customer_id)
@@ -219,10 +233,11 @@ async def _customer_holds(
            FROM reservations r JOIN reservation_lines l USING (reservation_id)
            JOIN unnest($1::text[], $2::text[]) AS w(channel_id, customer_id)
                 ON w.channel_id = r.channel_id AND w.customer_id = r.customer_id
-           WHERE r.status = 'active'
+           WHERE r.status IN ('active', 'committed') AND r.created_at > $3
            GROUP BY r.channel_id, r.customer_id, l.sku""",
         [c for c, _ in limited],
         [k for _, k in limited],
+        since,
     )
     held: dict[tuple[str, str], dict[str, int]] = {}
     for row in rows:

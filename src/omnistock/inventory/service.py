@@ -142,8 +142,13 @@ async def count_stock(
     location_id: str,
     on_hand: int,
 ) -> CountResult:
-    """An absolute count from a WMS or till; an older or repeated sequence changes nothing."""
-    await repository.lock_skus(conn, [sku])
+    """An absolute count from a WMS or till; an older or repeated sequence changes nothing.
+
+    A count below what is held releases whole reservations, whose other lines are other SKUs:
+    those are locked too, in order, before anything is read (raises LockContention in the rare
+    case that a reservation made meanwhile brings a SKU that is busy: retry)."""
+    locked = {sku} | await repository.skus_held_with(conn, sku, location_id)
+    await repository.lock_skus(conn, locked)
     last = await conn.fetchval(
         """SELECT last_sequence FROM source_sequences
            WHERE source = $1 AND sku = $2 AND location_id = $3""",
@@ -173,6 +178,11 @@ async def count_stock(
     extra: list[OutboxMessage] = []
     changes: list[Change] = []
     if outcome.shortage:
+        released_skus = await conn.fetch(
+            """SELECT DISTINCT sku FROM reservation_lines WHERE reservation_id = ANY($1::uuid[])""",
+            list(outcome.released_reservations),
+        )
+        await repository.try_lock_skus(conn, {r["sku"] for r in released_skus} - locked)
         changes += await _release_reservations(
             conn, outcome.released_reservations, "shortage", extra
         )
@@ -416,6 +426,8 @@ async def commit(
     status = ReservationStatus(row["status"])
     if status is ReservationStatus.COMMITTED and row["order_id"] == order_id:
         return await _allocations_of(conn, order_id)  # a redelivered command: same answer
+    if status is ReservationStatus.ACTIVE and domain.is_expired(row["expires_at"], clock.now()):
+        raise domain.InvalidTransition("the reservation has expired")  # the sweeper is behind
     domain.transition(status, ReservationStatus.COMMITTED)
     now = clock.now()
     version = await conn.fetchval(

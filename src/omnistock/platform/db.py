@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
@@ -56,3 +58,25 @@ async def connect(dsn: str, schema: str) -> asyncpg.Connection:
     conn: asyncpg.Connection = await asyncpg.connect(dsn, server_settings=_session_settings(schema))
     await _init_connection(conn)
     return conn
+
+
+T = TypeVar("T")
+
+
+async def transaction_with_retries(
+    conn: asyncpg.Connection,
+    work: Callable[[asyncpg.Connection], Awaitable[T]],
+    retry_on: tuple[type[BaseException], ...] = (),
+    attempts: int = 5,
+) -> T:
+    """``work`` in a transaction, run again after a short pause when it fails with one of
+    ``retry_on`` or a deadlock: the loser of a lock race rolls back and tries again."""
+    for attempt in range(1, attempts + 1):
+        try:
+            async with conn.transaction():
+                return await work(conn)
+        except (*retry_on, asyncpg.DeadlockDetectedError):
+            if attempt == attempts:
+                raise
+            await asyncio.sleep(0.01 * attempt)
+    raise AssertionError("unreachable")

@@ -9,8 +9,9 @@ import asyncpg
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
-from omnistock.inventory import domain, service
-from omnistock.platform import idempotency
+from omnistock.inventory import domain, repository, service
+from omnistock.inventory.reserving import REFUSALS, CustomerIdRequired
+from omnistock.platform import db, idempotency
 from omnistock.platform.auth import Principal
 from omnistock.platform.clock import Clock
 from omnistock.platform.http import FastJSONResponse
@@ -22,6 +23,10 @@ router = APIRouter(prefix="/v1", tags=["inventory"])
 
 def state_of(request: Request) -> tuple[ServiceRuntime, Clock]:
     return request.app.state.runtime, request.app.state.clock
+
+
+ANSWERED_AS_PROBLEMS = (*REFUSALS, domain.InvalidTransition, asyncpg.CheckViolationError)
+"""What a use case refuses with: the client gets a problem+json, and nothing was changed."""
 
 
 def as_problem(exc: Exception) -> Problem:
@@ -55,6 +60,14 @@ def as_problem(exc: Exception) -> Problem:
                 for sku, extra in exc.excess.items()
             ],
         )
+    if isinstance(exc, CustomerIdRequired):
+        return Problem(
+            422,
+            "Invalid request",
+            str(exc),
+            type_="validation-error",
+            errors=[{"field": "customer_id", "message": "required in this channel"}],
+        )
     if isinstance(exc, domain.InvalidTransition):
         return Problem(409, "Invalid state", str(exc), type_="invalid-transition")
     if isinstance(exc, asyncpg.CheckViolationError):
@@ -72,15 +85,9 @@ async def in_transaction(
 ) -> Any:
     runtime, _ = state_of(request)
     try:
-        async with runtime.pool.acquire() as conn, conn.transaction():
-            return await work(conn)
-    except (
-        service.OutOfStock,
-        service.NotFound,
-        service.CustomerLimitExceeded,
-        domain.InvalidTransition,
-        asyncpg.CheckViolationError,
-    ) as exc:
+        async with runtime.pool.acquire() as conn:
+            return await db.transaction_with_retries(conn, work, (repository.LockContention,))
+    except ANSWERED_AS_PROBLEMS as exc:
         raise as_problem(exc) from None
 
 
@@ -101,13 +108,7 @@ async def run_once_per_key(
         answer = await idempotency.run_once(
             runtime.pool, principal.subject, checked, fingerprint, work
         )
-    except (
-        service.OutOfStock,
-        service.NotFound,
-        service.CustomerLimitExceeded,
-        domain.InvalidTransition,
-        asyncpg.CheckViolationError,
-    ) as exc:
+    except ANSWERED_AS_PROBLEMS as exc:
         raise as_problem(exc) from None
     headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
     return FastJSONResponse(answer.body, status_code=answer.status, headers=headers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -95,7 +96,6 @@ async def get_reservation(
 
 
 def _uuid(value: str) -> str:
-    import uuid
 
     try:
         return str(uuid.UUID(value))
