@@ -5,6 +5,10 @@ state. A stack that does not answer fails the run: these tests never skip themse
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -238,3 +242,43 @@ async def served(app: FastAPI, headers: dict[str, str]) -> AsyncIterator[httpx.A
             transport=transport, base_url="http://service", headers=headers, timeout=30
         ) as client:
             yield client
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def serve(
+    service: str, schema: str, port: int, stderr: Any = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
+    """``omnistock serve SERVICE`` as a process of its own, on a schema and port."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "omnistock.cli",
+            "serve",
+            service,
+            "--port",
+            str(port),
+            "--schema",
+            schema,
+        ],
+        env={**os.environ, "OMNISTOCK_LOG_LEVEL": "WARNING"},
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+    )
+
+
+async def wait_ready(base_url: str, timeout_s: float = 60) -> None:
+    async def answers() -> bool:
+        try:
+            async with httpx.AsyncClient(base_url=base_url) as client:
+                return (await client.get("/readyz")).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    await wait_for(answers, timeout_s, what=f"{base_url} to be ready")

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import socket
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -18,10 +14,17 @@ import pytest
 
 from omnistock.platform import db
 from omnistock.platform.auth import mint_token
-from omnistock.platform.migrations import migrate, migrations_for
 from omnistock.platform.outbox import OutboxRelay
 from omnistock.platform.settings import Settings
-from tests.integration.conftest import read_topic, wait_for
+from tests.integration.conftest import (
+    create_service_schema,
+    drop_schema,
+    free_port,
+    read_topic,
+    serve,
+    wait_for,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -47,65 +50,11 @@ class Server:
         }
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-async def _migrate(settings: Settings, schema: str) -> None:
-    conn = await db.connect(settings.database_url, schema)
-    try:
-        await migrate(conn, schema, migrations_for("inventory", "omnistock.inventory"))
-    finally:
-        await conn.close()
-
-
-async def _drop(settings: Settings, schema: str) -> None:
-    conn = await db.connect(settings.database_url, "public")
-    try:
-        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
-    finally:
-        await conn.close()
-
-
-def start_server(settings: Settings, schema: str, port: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "omnistock.cli",
-            "serve",
-            "inventory",
-            "--port",
-            str(port),
-            "--schema",
-            schema,
-        ],
-        env={**os.environ, "OMNISTOCK_LOG_LEVEL": "WARNING"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-async def wait_ready(base_url: str) -> None:
-    async def ready() -> bool:
-        try:
-            async with httpx.AsyncClient(base_url=base_url) as client:
-                return (await client.get("/readyz")).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    await wait_for(ready, 60, what="the inventory service to be ready")
-
-
 @pytest.fixture(scope="module")
 def server(settings: Settings) -> Iterator[Server]:
-    schema = f"test_inv_{uuid.uuid4().hex[:8]}"
-    asyncio.run(_migrate(settings, schema))
-    port = _free_port()
-    process = start_server(settings, schema, port)
+    schema = asyncio.run(create_service_schema(settings, "inventory", "omnistock.inventory"))
+    port = free_port()
+    process = serve("inventory", schema, port)
     base_url = f"http://127.0.0.1:{port}"
     try:
         asyncio.run(wait_ready(base_url))
@@ -113,7 +62,7 @@ def server(settings: Settings) -> Iterator[Server]:
     finally:
         process.terminate()
         process.wait(30)
-        asyncio.run(_drop(settings, schema))
+        asyncio.run(drop_schema(settings, schema))
 
 
 @pytest.fixture

@@ -5,10 +5,6 @@ against a real server process."""
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -31,7 +27,13 @@ from omnistock.platform.clock import ManualClock
 from omnistock.platform.migrations import migrate, migrations_for
 from omnistock.platform.outbox import OutboxRelay
 from omnistock.platform.settings import Settings
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import (
+    create_service_schema,
+    drop_schema,
+    free_port,
+    serve,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -452,38 +454,8 @@ async def test_a_failure_mid_file_keeps_the_committed_chunks_and_a_second_run_co
 # The command line against a real server process.
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-async def _migrated(settings: Settings, schema: str) -> None:
-    conn = await db.connect(settings.database_url, schema)
-    try:
-        await migrate(conn, schema, migrations_for("inventory", "omnistock.inventory"))
-    finally:
-        await conn.close()
-
-
-async def _dropped(settings: Settings, schema: str) -> None:
-    conn = await db.connect(settings.database_url, "public")
-    try:
-        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-    finally:
-        await conn.close()
-
-
 async def _ready_with_locations(settings: Settings, base_url: str) -> None:
-    async def ready() -> bool:
-        try:
-            async with httpx.AsyncClient(base_url=base_url) as client:
-                return (await client.get("/readyz")).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    await wait_for(ready, 60, what="the inventory service to be ready")
+    await wait_ready(base_url)
     token = mint_token(settings, "admin", ["inventory:admin"])
     async with httpx.AsyncClient(base_url=base_url) as client:
         await _put_network(client, {"Authorization": f"Bearer {token}"})
@@ -491,16 +463,9 @@ async def _ready_with_locations(settings: Settings, base_url: str) -> None:
 
 @pytest.fixture
 def server_url(settings: Settings) -> Iterator[tuple[str, str]]:
-    schema = f"test_bulk_cli_{uuid.uuid4().hex[:8]}"
-    asyncio.run(_migrated(settings, schema))
-    port = _free_port()
-    command = ["serve", "inventory", "--port", str(port), "--schema", schema]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "omnistock.cli", *command],
-        env={**os.environ, "OMNISTOCK_LOG_LEVEL": "WARNING"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    schema = asyncio.run(create_service_schema(settings, "inventory", "omnistock.inventory"))
+    port = free_port()
+    process = serve("inventory", schema, port)
     base_url = f"http://127.0.0.1:{port}"
     try:
         asyncio.run(_ready_with_locations(settings, base_url))
@@ -508,7 +473,7 @@ def server_url(settings: Settings) -> Iterator[tuple[str, str]]:
     finally:
         process.terminate()
         process.wait(30)
-        asyncio.run(_dropped(settings, schema))
+        asyncio.run(drop_schema(settings, schema))
 
 
 def test_the_cli_writes_a_sample_and_streams_it_to_the_server(

@@ -4,11 +4,8 @@ event: a real server process is killed mid-load and restarted on the same schema
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import socket
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -27,8 +24,11 @@ from tests.integration.conftest import (
     create_service_schema,
     drop_schema,
     end_offsets,
+    free_port,
     read_topic_to_end,
+    serve,
     wait_for,
+    wait_ready,
 )
 
 pytestmark = pytest.mark.integration
@@ -41,13 +41,6 @@ LOAD_AFTER_RESTART_S = 1.5
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -64,25 +57,10 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "omnistock.cli", "serve", "inventory"),
-                *("--port", str(self.port), "--schema", self.schema),
-            ],
-            env={**os.environ, "OMNISTOCK_LOG_LEVEL": "WARNING"},
-            stdout=subprocess.DEVNULL,
-            stderr=self.log,
-        )
+        self.process = serve("inventory", self.schema, self.port, stderr=self.log)
 
     async def ready(self) -> None:
-        async def answers() -> bool:
-            try:
-                async with httpx.AsyncClient(base_url=self.base_url) as client:
-                    return (await client.get("/readyz")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await wait_for(answers, 60, what="the inventory service to be ready")
+        await wait_ready(self.base_url)
 
     def kill(self) -> None:
         assert self.process is not None
