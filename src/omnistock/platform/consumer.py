@@ -169,10 +169,22 @@ class EventConsumer:
         for item in decoded:
             if item.error is not None:
                 await self._dead_letter(item.message, item.error)
-        valid = [item for item in decoded if item.event is not None]
-        if valid and not await self._apply_with_retry(valid, stop):
-            return  # stopping: the batch is not committed and will be redelivered
-        offsets = _next_offsets(messages)
+        # Partitions are applied concurrently, each in a transaction of its own and in its own
+        # order: Kafka promises no order across partitions, so neither do we, and the database
+        # works on several at once.
+        by_partition: dict[tuple[str | None, int | None], list[_Decoded]] = {}
+        for item in decoded:
+            if item.event is not None:
+                key = (item.message.topic(), item.message.partition())
+                by_partition.setdefault(key, []).append(item)
+        outcomes = await asyncio.gather(
+            *(self._apply_with_retry(items, stop) for items in by_partition.values())
+        )
+        # A partition not applied (we are stopping) is not committed: it will be redelivered.
+        unapplied = {key for key, done in zip(by_partition, outcomes, strict=True) if not done}
+        offsets = [
+            tp for tp in _next_offsets(messages) if (tp.topic, tp.partition) not in unapplied
+        ]
         if offsets:
             faults.point("consumer.before_commit")
             # Asynchronous: the effect is already durable, and a commit lost in a crash only
