@@ -38,7 +38,7 @@ from omnistock.platform.settings import Settings, get_settings
 
 SCHEMA = "bench_outbox"
 RAW_EVENTS = 200_000
-OUTBOX_EVENTS = 60_000
+OUTBOX_EVENTS = 100_000
 EVENTS_PER_TRANSACTION = 50
 WRITERS = 4
 STEADY_RATE = 1000

@@ -47,6 +47,10 @@ TRANSIENT = (
 )
 
 
+PARALLEL_FROM = 500
+"""Batches of at least this many events are applied a partition at a time, concurrently."""
+
+
 @dataclass(frozen=True, slots=True)
 class Subscription:
     group: str
@@ -169,22 +173,26 @@ class EventConsumer:
         for item in decoded:
             if item.error is not None:
                 await self._dead_letter(item.message, item.error)
-        # Partitions are applied concurrently, each in a transaction of its own and in its own
-        # order: Kafka promises no order across partitions, so neither do we, and the database
-        # works on several at once.
+        # A large batch (a backlog) is applied a partition at a time, concurrently, each in a
+        # transaction of its own and in its own order: Kafka promises no order across
+        # partitions, so neither do we, and the database works on several at once. A small
+        # batch is one transaction: one commit instead of several keeps latency low.
+        valid = [item for item in decoded if item.event is not None]
         by_partition: dict[tuple[str | None, int | None], list[_Decoded]] = {}
-        for item in decoded:
-            if item.event is not None:
+        if len(valid) < PARALLEL_FROM:
+            by_partition = {(None, None): valid} if valid else {}
+        else:
+            for item in valid:
                 key = (item.message.topic(), item.message.partition())
                 by_partition.setdefault(key, []).append(item)
         outcomes = await asyncio.gather(
             *(self._apply_with_retry(items, stop) for items in by_partition.values())
         )
-        # A partition not applied (we are stopping) is not committed: it will be redelivered.
-        unapplied = {key for key, done in zip(by_partition, outcomes, strict=True) if not done}
-        offsets = [
-            tp for tp in _next_offsets(messages) if (tp.topic, tp.partition) not in unapplied
-        ]
+        # What was not applied (we are stopping) is not committed: it will be redelivered.
+        failed = {key for key, done in zip(by_partition, outcomes, strict=True) if not done}
+        if (None, None) in failed:
+            return
+        offsets = [tp for tp in _next_offsets(messages) if (tp.topic, tp.partition) not in failed]
         if offsets:
             faults.point("consumer.before_commit")
             # Asynchronous: the effect is already durable, and a commit lost in a crash only
