@@ -28,6 +28,7 @@ from typing import Any
 
 from omnistock.bench.common import console, drop_schema, fresh_schema, report
 from omnistock.inventory import domain, repository, service
+from omnistock.inventory.api.schemas import InventorySettings
 from omnistock.inventory.reserving import OutOfStock, ReservationBatcher, ReserveStock
 from omnistock.platform import db
 from omnistock.platform.clock import SystemClock
@@ -35,7 +36,7 @@ from omnistock.platform.settings import Settings, get_settings
 
 SCHEMA = "bench_inventory"
 SKUS = 10_000
-CLIENTS = 128
+CLIENTS = 256
 PGBENCH_CLIENTS = 16
 FLASH_UNITS, FLASH_BUYERS = 500, 2000
 
@@ -74,7 +75,10 @@ async def _run(settings: Settings, seconds: float) -> dict[str, Any]:
         pg_spread = await asyncio.to_thread(_pgbench, settings, pool_rows=SKUS, seconds=seconds)
         pg_hot = await asyncio.to_thread(_pgbench, settings, pool_rows=1, seconds=seconds)
         await _network(pool)
-        batcher = ReservationBatcher(pool, SystemClock(), workers=4, max_batch=64)
+        own = InventorySettings()
+        batcher = ReservationBatcher(
+            pool, SystemClock(), own.reservation_batch_workers, own.reservation_batch_max
+        )
         batcher.start()
         console.print(f"[bold]spread[/bold]: {CLIENTS} clients over {SKUS:,} SKUs")
         spread = await _drive(batcher, lambda rng: f"SKU-{rng.randrange(SKUS):05d}", seconds)

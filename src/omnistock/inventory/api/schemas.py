@@ -26,7 +26,7 @@ class InventorySettings(BaseSettings):
     sweep_interval_s: float = Field(default=1.0, gt=0)
     # Concurrent reservation requests share transactions: this many at once, so many per batch.
     reservation_batch_workers: int = Field(default=4, ge=1)
-    reservation_batch_max: int = Field(default=64, ge=1)
+    reservation_batch_max: int = Field(default=256, ge=1)
 
 
 class Location(BaseModel):
