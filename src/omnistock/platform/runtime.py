@@ -66,8 +66,20 @@ class ServiceRuntime:
             consumer = EventConsumer(self.settings, self.pool, subscription)
             self.consumers.append(consumer)
             self._spawn(consumer.run(self._stop), f"consumer {subscription.group}")
+        if self._subscriptions:
+            self._spawn(self._prune_inbox(self._stop), "inbox pruning")
         for job in self._jobs:
             self._spawn(job(self, self._stop), getattr(job, "__name__", "job"))
+
+    async def _prune_inbox(self, stop: asyncio.Event) -> None:
+        """Forget processed event ids once Kafka can no longer redeliver their events."""
+        while not stop.is_set():
+            try:
+                await prune_inbox(self.pool, self.settings.inbox_retention_s)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("inbox pruning failed", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 3600)
 
     def _spawn(self, work: Awaitable[None], label: str) -> None:
         async def guarded() -> None:
@@ -129,3 +141,20 @@ class ServiceRuntime:
             yield
         finally:
             await self.stop()
+
+
+async def prune_inbox(pool: asyncpg.Pool, retention_s: float, batch: int = 10_000) -> int:
+    """Delete inbox rows older than ``retention_s``, a batch at a time; returns how many."""
+    deleted = 0
+    while True:
+        status = await pool.execute(
+            """DELETE FROM inbox WHERE ctid = ANY(ARRAY(
+                   SELECT ctid FROM inbox
+                   WHERE processed_at < now() - make_interval(secs => $1) LIMIT $2))""",
+            retention_s,
+            batch,
+        )
+        count = int(status.split()[-1])
+        deleted += count
+        if count < batch:
+            return deleted

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     outbox_poll_interval_s: float = Field(default=0.5, gt=0)
     consumer_batch_size: int = Field(default=2000, ge=1)
     consumer_max_attempts: int = Field(default=5, ge=1)
+    # Processed event ids are kept longer than the topics keep events (7 days locally): within
+    # that window a redelivery is always recognised.
+    inbox_retention_s: float = Field(default=8 * 24 * 3600, gt=0)
     # Static group membership (e.g. the pod name of a StatefulSet): a consumer restarted under
     # the same id gets its partitions back at once instead of after a session timeout and a
     # rebalance of the whole group.
