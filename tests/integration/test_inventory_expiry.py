@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from omnistock.contracts.inventory import RESERVATIONS  # registers every event type
-from omnistock.inventory import domain, service
+from omnistock.inventory import domain, fulfilment, service
 from omnistock.inventory.api import build_app
 from omnistock.platform import db, events
 from omnistock.platform.clock import ManualClock
@@ -296,6 +296,6 @@ async def test_a_reservation_past_its_ttl_cannot_be_committed_even_before_the_sw
     async with pool.acquire() as conn:
         with pytest.raises(domain.InvalidTransition, match="expired"):
             async with conn.transaction():
-                await service.commit(conn, clock, view["reservation_id"], "order-late")
+                await fulfilment.commit(conn, clock, view["reservation_id"], "order-late")
     assert await pool.fetchval("SELECT count(*) FROM allocations") == 0
     assert await pool.fetchval("SELECT reserved FROM stock WHERE sku = 'LATE'") == 1

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from omnistock.inventory import domain, repository, reserving, service
+from omnistock.inventory import domain, fulfilment, repository, reserving, service
 from omnistock.platform import db
 from omnistock.platform.clock import ManualClock
 from omnistock.platform.settings import Settings
@@ -282,18 +282,18 @@ def operation_runner(world: World, op: Any) -> Callable[[asyncpg.Connection], Aw
             world.repeated = again is not None
             world.order_of_last_commit = again or f"order-{uuid.uuid4().hex[:8]}"
             order = world.order_of_last_commit
-            return lambda conn: service.commit(conn, clock, reservation, order)
+            return lambda conn: fulfilment.commit(conn, clock, reservation, order)
         case Ship():
             order, allocation = world.chosen(world.allocations, op.pick, ("no-order", missing))
             world.repeated = allocation in world.shipped
-            return lambda conn: service.ship(
+            return lambda conn: fulfilment.ship(
                 conn, clock, order, allocation, f"parcel-{uuid.uuid4().hex[:8]}"
             )
         case Cancel():
             order = world.chosen(world.orders, op.pick, "no-order")
-            return lambda conn: service.cancel_allocations(conn, clock, order, "cancelled")
+            return lambda conn: fulfilment.cancel_allocations(conn, clock, order, "cancelled")
         case Return():
-            return lambda conn: service.restock_return(
+            return lambda conn: fulfilment.restock_return(
                 conn,
                 clock,
                 sku=world.skus[op.sku],

@@ -4,7 +4,6 @@ transaction. SKU locks are taken first and no lock is held across a call to anot
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -16,6 +15,7 @@ from omnistock.contracts import inventory as events
 from omnistock.inventory import domain, repository
 from omnistock.inventory.domain import Pick, ReservationStatus
 from omnistock.inventory.effects import SOURCE, availability_messages, commit_changes
+from omnistock.inventory.fulfilment import locked_reservation, release_allocations
 from omnistock.inventory.repository import Change
 from omnistock.inventory.reserving import (
     DEFAULT_TTL,
@@ -186,7 +186,7 @@ async def count_stock(
         changes += await _release_reservations(
             conn, outcome.released_reservations, "shortage", extra
         )
-        changes += await _release_allocations(
+        changes += await release_allocations(
             conn, outcome.released_allocations, "shortage", extra, clock
         )
         orders = await conn.fetchval(
@@ -268,18 +268,6 @@ async def reserve(
     return outcome
 
 
-async def _locked_reservation(
-    conn: asyncpg.Connection, reservation_id: str
-) -> tuple[Any, list[Any]]:
-    found = await repository.reservation(conn, reservation_id)
-    if found is None:
-        raise NotFound("reservation", reservation_id)
-    row, lines = found
-    await repository.lock_skus(conn, [line["sku"] for line in lines])
-    row, lines = await repository.reservation(conn, reservation_id, lock=True)
-    return row, lines
-
-
 async def _release_reservations(
     conn: asyncpg.Connection,
     reservation_ids: Sequence[str],
@@ -319,38 +307,10 @@ async def _release_reservations(
     return [Change(line["sku"], line["location_id"], reserved=-line["quantity"]) for line in lines]
 
 
-async def _release_allocations(
-    conn: asyncpg.Connection,
-    allocation_ids: Sequence[str],
-    reason: str,
-    messages: list[OutboxMessage],
-    clock: Clock,
-) -> list[Change]:
-    if not allocation_ids:
-        return []
-    rows = await conn.fetch(
-        """UPDATE allocations SET status = 'released', reason = $2, updated_at = $3
-           WHERE allocation_id = ANY($1::uuid[]) AND status = 'allocated'
-           RETURNING allocation_id::text AS id, order_id, sku, location_id, quantity""",
-        list(allocation_ids),
-        reason,
-        clock.now(),
-    )
-    for row in rows:
-        messages.append(
-            OutboxMessage(
-                events.AllocationReleased(row["order_id"], row["id"], reason),
-                aggregate_id=row["order_id"],
-                aggregate_version=0,
-            )
-        )
-    return [Change(r["sku"], r["location_id"], allocated=-r["quantity"]) for r in rows]
-
-
 async def extend(
     conn: asyncpg.Connection, clock: Clock, reservation_id: str, ttl: timedelta
 ) -> dict[str, Any]:
-    row, lines = await _locked_reservation(conn, reservation_id)
+    row, lines = await locked_reservation(conn, reservation_id)
     status = ReservationStatus(row["status"])
     now = clock.now()
     if status is ReservationStatus.ACTIVE and domain.is_expired(row["expires_at"], now):
@@ -385,7 +345,7 @@ async def extend(
 async def release(
     conn: asyncpg.Connection, clock: Clock, reservation_id: str, reason: str = "released"
 ) -> None:
-    row, _lines = await _locked_reservation(conn, reservation_id)
+    row, _lines = await locked_reservation(conn, reservation_id)
     domain.transition(ReservationStatus(row["status"]), ReservationStatus.RELEASED)
     messages: list[OutboxMessage] = []
     changes = await _release_reservations(conn, [reservation_id], reason, messages)
@@ -416,161 +376,3 @@ async def expire_due(conn: asyncpg.Connection, clock: Clock, limit: int = 500) -
     changes = await _release_reservations(conn, [r["id"] for r in still_due], "expired", messages)
     await commit_changes(conn, clock, changes, messages)
     return len(still_due)
-
-
-async def commit(
-    conn: asyncpg.Connection, clock: Clock, reservation_id: str, order_id: str
-) -> list[dict[str, Any]]:
-    """The order was placed: the reservation's units become the order's allocations."""
-    row, lines = await _locked_reservation(conn, reservation_id)
-    status = ReservationStatus(row["status"])
-    if status is ReservationStatus.COMMITTED and row["order_id"] == order_id:
-        return await _allocations_of(conn, order_id)  # a redelivered command: same answer
-    if status is ReservationStatus.ACTIVE and domain.is_expired(row["expires_at"], clock.now()):
-        raise domain.InvalidTransition("the reservation has expired")  # the sweeper is behind
-    domain.transition(status, ReservationStatus.COMMITTED)
-    now = clock.now()
-    version = await conn.fetchval(
-        """UPDATE reservations SET status = 'committed', order_id = $2, version = version + 1
-           WHERE reservation_id = $1 RETURNING version""",
-        reservation_id,
-        order_id,
-    )
-    allocations = [
-        events.Allocation(str(uuid.uuid4()), line["sku"], line["location_id"], line["quantity"])
-        for line in lines
-    ]
-    await conn.executemany(
-        """INSERT INTO allocations (allocation_id, order_id, channel_id, sku, location_id,
-                                    quantity, status, created_at, updated_at)
-           VALUES ($1, $2, $3, $4, $5, $6, 'allocated', $7, $7)""",
-        [
-            (a.allocation_id, order_id, row["channel_id"], a.sku, a.location_id, a.quantity, now)
-            for a in allocations
-        ],
-    )
-    await commit_changes(
-        conn,
-        clock,
-        [
-            Change(a.sku, a.location_id, reserved=-a.quantity, allocated=a.quantity)
-            for a in allocations
-        ],
-        [
-            OutboxMessage(
-                events.ReservationCommitted(reservation_id, order_id),
-                aggregate_id=reservation_id,
-                aggregate_version=version,
-            ),
-            OutboxMessage(
-                events.StockAllocated(order_id, row["channel_id"], allocations),
-                aggregate_id=order_id,
-                aggregate_version=1,
-            ),
-        ],
-    )
-    return await _allocations_of(conn, order_id)
-
-
-async def _allocations_of(conn: asyncpg.Connection, order_id: str) -> list[dict[str, Any]]:
-    rows = await conn.fetch(
-        """SELECT allocation_id::text, sku, location_id, quantity, status FROM allocations
-           WHERE order_id = $1 ORDER BY sku, location_id""",
-        order_id,
-    )
-    return [dict(r) for r in rows]
-
-
-async def ship(
-    conn: asyncpg.Connection, clock: Clock, order_id: str, allocation_id: str, shipment_id: str
-) -> None:
-    """Fulfilment: the allocated units leave the location they were allocated at."""
-    row = await conn.fetchrow(
-        """SELECT sku, location_id, quantity, status FROM allocations
-           WHERE allocation_id = $1 AND order_id = $2""",
-        allocation_id,
-        order_id,
-    )
-    if row is None:
-        raise NotFound("allocation", allocation_id)
-    await repository.lock_skus(conn, [row["sku"]])
-    updated = await conn.fetchrow(
-        """UPDATE allocations SET status = 'shipped', reason = $2, updated_at = $3
-           WHERE allocation_id = $1 AND status = 'allocated'
-           RETURNING sku, location_id, quantity""",
-        allocation_id,
-        shipment_id,
-        clock.now(),
-    )
-    if updated is None:
-        if row["status"] == "shipped":
-            return  # shipped already: a redelivery changes nothing
-        raise domain.InvalidTransition(f"allocation {allocation_id} is {row['status']}")
-    await commit_changes(
-        conn,
-        clock,
-        [
-            Change(
-                updated["sku"],
-                updated["location_id"],
-                on_hand=-updated["quantity"],
-                allocated=-updated["quantity"],
-                movement_reason="shipment",
-                reference=shipment_id,
-            )
-        ],
-        [
-            OutboxMessage(
-                events.AllocationShipped(order_id, allocation_id, shipment_id),
-                aggregate_id=order_id,
-                aggregate_version=0,
-            )
-        ],
-    )
-
-
-async def cancel_allocations(
-    conn: asyncpg.Connection, clock: Clock, order_id: str, reason: str
-) -> int:
-    """An order cancelled before shipment: its open allocations go back to sale."""
-    skus = await conn.fetch(
-        "SELECT DISTINCT sku FROM allocations WHERE order_id = $1 AND status = 'allocated'",
-        order_id,
-    )
-    await repository.lock_skus(conn, [r["sku"] for r in skus])
-    ids = await conn.fetch(
-        """SELECT allocation_id::text AS id FROM allocations
-           WHERE order_id = $1 AND status = 'allocated'""",
-        order_id,
-    )
-    messages: list[OutboxMessage] = []
-    changes = await _release_allocations(conn, [r["id"] for r in ids], reason, messages, clock)
-    await commit_changes(conn, clock, changes, messages)
-    return len(changes)
-
-
-async def restock_return(
-    conn: asyncpg.Connection,
-    clock: Clock,
-    *,
-    sku: str,
-    location_id: str,
-    quantity: int,
-    sellable: bool,
-    reference: str,
-) -> None:
-    """A customer return: sellable units go back on hand at the chosen location; damaged ones
-    are recorded as received and written off, so the ledger shows both."""
-    await repository.lock_skus(conn, [sku])
-    if not await conn.fetchval("SELECT true FROM locations WHERE location_id = $1", location_id):
-        raise NotFound("location", location_id)
-    changes = [
-        Change(sku, location_id, on_hand=quantity, movement_reason="return", reference=reference)
-    ]
-    if not sellable:
-        changes.append(
-            Change(
-                sku, location_id, on_hand=-quantity, movement_reason="damage", reference=reference
-            )
-        )
-    await commit_changes(conn, clock, changes)

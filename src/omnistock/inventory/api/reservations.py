@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import asyncpg
 from fastapi import Header, Request
 
-from omnistock.inventory import repository, service
+from omnistock.inventory import fulfilment, repository, service
 from omnistock.inventory.api.common import (
     as_problem,
     in_transaction,
@@ -145,7 +145,7 @@ async def commit_reservation(
 ) -> dict[str, Any]:
     _, clock = state_of(request)
     allocations = await in_transaction(
-        request, lambda conn: service.commit(conn, clock, _uuid(reservation_id), body.order_id)
+        request, lambda conn: fulfilment.commit(conn, clock, _uuid(reservation_id), body.order_id)
     )
     return {"order_id": body.order_id, "allocations": allocations}
 
@@ -161,7 +161,7 @@ async def ship_allocation(
     _, clock = state_of(request)
     await in_transaction(
         request,
-        lambda conn: service.ship(conn, clock, order_id, _uuid(allocation_id), body.shipment_id),
+        lambda conn: fulfilment.ship(conn, clock, order_id, _uuid(allocation_id), body.shipment_id),
     )
     return {"order_id": order_id, "allocation_id": allocation_id, "status": "shipped"}
 
@@ -175,7 +175,7 @@ async def cancel_order_allocations(
 ) -> dict[str, Any]:
     _, clock = state_of(request)
     released = await in_transaction(
-        request, lambda conn: service.cancel_allocations(conn, clock, order_id, body.reason)
+        request, lambda conn: fulfilment.cancel_allocations(conn, clock, order_id, body.reason)
     )
     return {"order_id": order_id, "released": released}
 
@@ -190,7 +190,7 @@ async def restock_return(
     _, clock = state_of(request)
 
     async def work(conn: asyncpg.Connection) -> tuple[int, Any]:
-        await service.restock_return(
+        await fulfilment.restock_return(
             conn,
             clock,
             sku=body.sku,
