@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import orjson
@@ -14,13 +15,14 @@ import structlog
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute, iter_route_contexts
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from omnistock.platform.auth import Principal, TokenVerifier, requires
+from omnistock.platform.auth import Principal, RequireScopes, TokenVerifier, requires
 from omnistock.platform.observability import context_from_headers, tracer
 from omnistock.platform.problems import PROBLEM_JSON, Problem
 from omnistock.platform.settings import Settings
@@ -166,6 +168,41 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, on_crash)
 
 
+def required_scopes(route: APIRoute) -> frozenset[str] | None:
+    """The scopes a route admits (any one of them), from its RequireScopes dependency."""
+    pending = list(route.dependant.dependencies)
+    while pending:
+        dependency = pending.pop()
+        if isinstance(dependency.call, RequireScopes):
+            return dependency.call.scopes
+        pending.extend(dependency.dependencies)
+    return None
+
+
+def _document_scopes(routes: Sequence[Any]) -> None:
+    """Write each route's scopes into its OpenAPI operation (``x-scopes``, any one of them)."""
+    for route in routes:
+        if isinstance(route, APIRoute) and (scopes := required_scopes(route)) is not None:
+            route.openapi_extra = {**(route.openapi_extra or {}), "x-scopes": sorted(scopes)}
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    path: str
+    methods: frozenset[str]
+    route: APIRoute
+
+
+def endpoints(app: FastAPI) -> list[Endpoint]:
+    """Every API route of the app with its full path, included routers' ones too."""
+    found = []
+    for context in iter_route_contexts(app.routes):
+        route = context.original_route
+        if isinstance(route, APIRoute) and context.path:
+            found.append(Endpoint(context.path, frozenset(context.methods or ()), route))
+    return found
+
+
 def create_app(
     *,
     service: str,
@@ -225,7 +262,9 @@ def create_app(
     def metrics(_: Annotated[Principal, requires("metrics:read")]) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    _document_scopes(app.routes)
     for router in routers:
+        _document_scopes(router.routes)  # before including: FastAPI copies what it includes
         app.include_router(router)
     app.add_middleware(RequestContext, service=service)
     return app
