@@ -118,3 +118,15 @@ def test_any_payload_round_trips(sequence: int, message: str, version: int) -> N
     assert decoded is not None
     assert decoded.data == ping(sequence, message)
     assert decoded.aggregate_version == version
+
+
+def test_event_ids_are_unique_version_7_uuids_in_time_order() -> None:
+    import uuid
+
+    batch = events.new_event_ids(10_000)
+    assert len(set(batch)) == 10_000
+    parsed = [uuid.UUID(i) for i in batch]
+    assert {u.version for u in parsed} == {7}
+    assert {u.variant for u in parsed} == {uuid.RFC_4122}
+    later = uuid.UUID(events.new_event_id())
+    assert later.int >> 80 >= parsed[0].int >> 80  # the millisecond prefix never goes back

@@ -37,6 +37,8 @@ class ManualClock:
 
 def ensure_utc(instant: datetime) -> datetime:
     """Convert an aware datetime to UTC; a naive one is an error, never a guess."""
+    if instant.tzinfo is UTC:
+        return instant
     if instant.tzinfo is None or instant.utcoffset() is None:
         raise ValueError("naive datetime: times must carry a timezone")
     return instant.astimezone(UTC)

@@ -22,7 +22,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from prometheus_client import Counter, Gauge
 
 from omnistock.platform import db, events, faults
-from omnistock.platform.clock import Clock
+from omnistock.platform.clock import Clock, ensure_utc
 from omnistock.platform.kafka import create_producer
 from omnistock.platform.observability import current_traceparent
 from omnistock.platform.settings import Settings
@@ -55,8 +55,9 @@ async def add_to_outbox(
     """Write events into the outbox of the connection's schema; call inside the transaction."""
     if not messages:
         return []
-    now = clock.now()
+    now = ensure_utc(clock.now())
     traceparent = current_traceparent()
+    fresh_ids = iter(events.new_event_ids(len(messages)))
     ids, topics, keys, payloads = [], [], [], []
     for message in messages:
         event_id, body = events.encode(
@@ -66,7 +67,7 @@ async def add_to_outbox(
             time=now,
             aggregate_version=message.aggregate_version,
             correlation_id=message.correlation_id,
-            event_id=message.event_id,
+            event_id=message.event_id or next(fresh_ids),
         )
         ids.append(event_id)
         topics.append(message.topic or message.payload.TOPIC)
