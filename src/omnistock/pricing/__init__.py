@@ -1,0 +1,3 @@
+"""The pricing service: price lists per channel, scheduled sales, the EU Omnibus lowest price."""
+
+SERVICE = "pricing"
