@@ -451,3 +451,34 @@ async def test_a_channel_that_drops_a_location_republishes_what_it_can_sell(
         sku,
     )
     assert (published["available"], published["version"]) == (0, 2)
+
+
+async def test_a_reservation_is_only_its_clients_and_customers_business(
+    server: Server, client: httpx.AsyncClient
+) -> None:
+    net = await setup_network(client)
+    sku = unique("MINE")
+    await count(client, net["warehouse"], sku, 10)
+    alice = server.token("inventory:reserve", "customer", subject="alice")
+    async with httpx.AsyncClient(base_url=server.base_url, headers=alice) as as_alice:
+        # A customer reserves for itself, whatever the body names.
+        impostor = await reserve(as_alice, net["channels"][0], [(sku, 1)], customer_id="bob")
+        assert impostor.status_code == 403
+        mine = await reserve(as_alice, net["channels"][0], [(sku, 1)])
+        assert mine.status_code == 201, mine.text
+        reservation = mine.json()["reservation_id"]
+        assert (await as_alice.get(f"/v1/reservations/{reservation}")).status_code == 200
+    others = [
+        server.token("inventory:reserve", "customer", subject="bob"),
+        server.token("inventory:reserve", subject="another-platform"),
+    ]
+    for headers in others:
+        async with httpx.AsyncClient(base_url=server.base_url, headers=headers) as stranger:
+            assert (await stranger.get(f"/v1/reservations/{reservation}")).status_code == 404
+            extended = await stranger.post(
+                f"/v1/reservations/{reservation}/extend", json={"ttl_seconds": 600}
+            )
+            assert extended.status_code == 404
+            assert (await stranger.delete(f"/v1/reservations/{reservation}")).status_code == 404
+    status = (await client.get(f"/v1/reservations/{reservation}")).json()["status"]
+    assert status == "active"  # staff (inventory:admin) may look; nothing was released

@@ -93,15 +93,19 @@ class EventConsumer:
         )
         # While one batch is applied (waiting on the database), the next is fetched and decoded.
         # Batches are still applied one after the other, in order.
-        applying: asyncio.Task[None] | None = None
+        applying: asyncio.Task[bool] | None = None
         try:
             while not stop.is_set():
                 messages = await asyncio.to_thread(self._next_batch, consumer)
                 decoded = self._decode(messages)
                 if applying is not None:
-                    await applying
+                    complete = await applying
                     applying = None
-                if messages:
+                    if not complete:
+                        # A batch was left unapplied (we are stopping): applying the prefetched
+                        # one would commit offsets past it. Both are redelivered instead.
+                        break
+                if messages and not stop.is_set():
                     applying = asyncio.create_task(self._process(consumer, messages, decoded, stop))
             if applying is not None:
                 await applying
@@ -169,7 +173,8 @@ class EventConsumer:
         messages: list[Message],
         decoded: list[_Decoded],
         stop: asyncio.Event,
-    ) -> None:
+    ) -> bool:
+        """Apply a batch and commit its offsets; False if part of it was left unapplied."""
         for item in decoded:
             if item.error is not None:
                 await self._dead_letter(item.message, item.error)
@@ -191,7 +196,7 @@ class EventConsumer:
         # What was not applied (we are stopping) is not committed: it will be redelivered.
         failed = {key for key, done in zip(by_partition, outcomes, strict=True) if not done}
         if (None, None) in failed:
-            return
+            return False
         offsets = [tp for tp in _next_offsets(messages) if (tp.topic, tp.partition) not in failed]
         if offsets:
             faults.point("consumer.before_commit")
@@ -200,6 +205,7 @@ class EventConsumer:
             consumer.commit(offsets=offsets, asynchronous=True)
             for tp in offsets:
                 self._applied[(tp.topic, tp.partition)] = tp.offset
+        return not failed
 
     async def _apply_with_retry(self, batch: list[_Decoded], stop: asyncio.Event) -> bool:
         """Apply the batch in one transaction; False if asked to stop while it kept failing."""

@@ -7,6 +7,8 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+import asyncpg
+import structlog
 from fastapi import FastAPI
 
 from omnistock.inventory import SERVICE, service
@@ -20,6 +22,8 @@ from omnistock.platform.ratelimit import RateLimiter
 from omnistock.platform.runtime import ServiceRuntime
 from omnistock.platform.settings import Settings, get_settings
 
+log = structlog.get_logger(__name__)
+
 ROUTE_MODULES = (stock, reservations)  # importing them adds their routes to ``router``
 
 
@@ -31,8 +35,13 @@ def sweeper(
 
     async def sweep(runtime: ServiceRuntime, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            async with runtime.pool.acquire() as conn, conn.transaction():
-                expired = await service.expire_due(conn, clock)
+            try:
+                async with runtime.pool.acquire() as conn, conn.transaction():
+                    expired = await service.expire_due(conn, clock)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # A database blip or a lost lock race: the due reservations are still due.
+                log.warning("sweep failed, trying again", error=str(exc))
+                expired = 0
             if expired == 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), interval_s)

@@ -56,7 +56,7 @@ async def create_reservation(
         channel_id=body.channel_id,
         lines=tuple((line.sku, line.quantity) for line in body.lines),
         client_id=principal.subject,
-        customer_id=body.customer_id,
+        customer_id=_customer_of(principal, body.customer_id),
         ttl=timedelta(seconds=body.ttl_seconds),
         all_or_nothing=body.mode == "all_or_nothing",
         pickup_location=body.pickup_location,
@@ -75,8 +75,9 @@ async def create_reservation(
 async def get_reservation(
     reservation_id: str,
     request: Request,
-    _auth: Annotated[Principal, requires("inventory:reserve", "inventory:read")],
+    principal: Annotated[Principal, requires("inventory:reserve", "inventory:read")],
 ) -> dict[str, Any]:
+    await _check_owner(request, principal, reservation_id)
     found = await in_transaction(
         request, lambda conn: repository.reservation(conn, _uuid(reservation_id))
     )
@@ -93,6 +94,45 @@ async def get_reservation(
         "order_id": row["order_id"],
         "lines": [dict(line) for line in lines],
     }
+
+
+STAFF_SCOPE = "inventory:admin"
+
+
+def _customer_of(principal: Principal, named: str | None) -> str | None:
+    """A customer reserves for itself, whatever the body says; platforms name the customer."""
+    if not principal.is_customer:
+        return named
+    if named not in (None, principal.subject):
+        raise Problem(
+            403,
+            "Forbidden",
+            "a customer reserves only for itself",
+            type_="forbidden",
+            errors=[{"field": "customer_id", "message": "not yours"}],
+        )
+    return principal.subject
+
+
+async def _check_owner(request: Request, principal: Principal, reservation_id: str) -> None:
+    """A reservation is the business of the client that made it, of its customer, and of
+    staff; to anyone else it does not exist (404, so ids cannot be probed)."""
+    row = await in_transaction(
+        request,
+        lambda conn: conn.fetchrow(
+            "SELECT client_id, customer_id FROM reservations WHERE reservation_id = $1",
+            _uuid(reservation_id),
+        ),
+    )
+    owner = row is not None and (
+        STAFF_SCOPE in principal.scopes
+        or row["client_id"] == principal.subject
+        or (principal.is_customer and row["customer_id"] == principal.subject)
+    )
+    if not owner:
+        raise Problem(
+            404, "Reservation not found", f"no reservation {reservation_id}", type_="not-found"
+        )
 
 
 def _uuid(value: str) -> str:
@@ -114,8 +154,9 @@ async def extend_reservation(
     reservation_id: str,
     body: Extension,
     request: Request,
-    _auth: Annotated[Principal, requires("inventory:reserve")],
+    principal: Annotated[Principal, requires("inventory:reserve")],
 ) -> dict[str, Any]:
+    await _check_owner(request, principal, reservation_id)
     _, clock = state_of(request)
     result: dict[str, Any] = await in_transaction(
         request,
@@ -130,8 +171,9 @@ async def extend_reservation(
 async def release_reservation(
     reservation_id: str,
     request: Request,
-    _auth: Annotated[Principal, requires("inventory:reserve")],
+    principal: Annotated[Principal, requires("inventory:reserve")],
 ) -> None:
+    await _check_owner(request, principal, reservation_id)
     _, clock = state_of(request)
     await in_transaction(request, lambda conn: service.release(conn, clock, _uuid(reservation_id)))
 
