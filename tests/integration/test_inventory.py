@@ -482,3 +482,30 @@ async def test_a_reservation_is_only_its_clients_and_customers_business(
             assert (await stranger.delete(f"/v1/reservations/{reservation}")).status_code == 404
     status = (await client.get(f"/v1/reservations/{reservation}")).json()["status"]
     assert status == "active"  # staff (inventory:admin) may look; nothing was released
+
+
+async def test_input_past_what_the_database_holds_is_a_4xx_naming_the_field(
+    client: httpx.AsyncClient, pool: Any
+) -> None:
+    net = await setup_network(client)
+    sku = unique("BIG")
+    huge = await client.put(
+        f"/v1/stock/{net['warehouse']}/{sku}",
+        json={"on_hand": 3_000_000_000, "source": "wms", "sequence": 2**64},
+    )
+    assert huge.status_code == 422
+    assert {e["field"] for e in huge.json()["errors"]} == {"on_hand", "sequence"}
+    twice = await client.put(
+        f"/v1/channels/{unique('dup')}",
+        json={
+            "brand": "b",
+            "market": "PL",
+            "sourcing": [
+                {"location_id": net["warehouse"], "priority": 1},
+                {"location_id": net["warehouse"], "priority": 2},
+            ],
+        },
+    )
+    assert twice.status_code == 422
+    assert twice.json()["errors"][0]["field"] == "sourcing"
+    assert await pool.fetchval("SELECT count(*) FROM stock WHERE sku = $1", sku) == 0

@@ -25,7 +25,12 @@ def state_of(request: Request) -> tuple[ServiceRuntime, Clock]:
     return request.app.state.runtime, request.app.state.clock
 
 
-ANSWERED_AS_PROBLEMS = (*REFUSALS, domain.InvalidTransition, asyncpg.CheckViolationError)
+ANSWERED_AS_PROBLEMS = (
+    *REFUSALS,
+    domain.InvalidTransition,
+    asyncpg.CheckViolationError,
+    asyncpg.NumericValueOutOfRangeError,
+)
 """What a use case refuses with: the client gets a problem+json, and nothing was changed."""
 
 
@@ -70,6 +75,13 @@ def as_problem(exc: Exception) -> Problem:
         )
     if isinstance(exc, domain.InvalidTransition):
         return Problem(409, "Invalid state", str(exc), type_="invalid-transition")
+    if isinstance(exc, asyncpg.NumericValueOutOfRangeError):
+        return Problem(
+            409,
+            "Out of range",
+            "the change would take a count past its limit",
+            type_="out-of-range",
+        )
     if isinstance(exc, asyncpg.CheckViolationError):
         return Problem(
             409,

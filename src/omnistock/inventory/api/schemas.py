@@ -51,9 +51,9 @@ class Channel(BaseModel):
 
 
 class StockCount(BaseModel):
-    on_hand: int = Field(ge=0)
+    on_hand: int = Field(ge=0, le=1_000_000_000)  # the stock table holds 32-bit counts
     source: str = Field(min_length=1, max_length=100)
-    sequence: int = Field(ge=0)
+    sequence: int = Field(ge=0, le=2**63 - 1)
 
 
 class StockAdjustment(BaseModel):
@@ -102,6 +102,6 @@ class Cancellation(BaseModel):
 class Return(BaseModel):
     sku: SKU
     location_id: LOCATION
-    quantity: int = Field(ge=1)
+    quantity: int = Field(ge=1, le=1_000_000)
     sellable: bool = True
     reference: str = Field(min_length=1, max_length=200)

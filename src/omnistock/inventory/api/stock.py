@@ -60,6 +60,14 @@ async def put_channel(
     _auth: Annotated[Principal, requires("inventory:admin")],
 ) -> dict[str, str]:
     _, clock = state_of(request)
+    if len({r.location_id for r in body.sourcing}) != len(body.sourcing):
+        raise Problem(
+            422,
+            "Invalid request",
+            "sourcing: each location once",
+            type_="validation-error",
+            errors=[{"field": "sourcing", "message": "duplicate location"}],
+        )
     if len({r.priority for r in body.sourcing}) != len(body.sourcing):
         raise Problem(
             422,
