@@ -176,8 +176,8 @@ class EventConsumer:
     ) -> bool:
         """Apply a batch and commit its offsets; False if part of it was left unapplied."""
         for item in decoded:
-            if item.error is not None:
-                await self._dead_letter(item.message, item.error)
+            if item.error is not None and not await self._park(item.message, item.error, stop):
+                return False
         # A large batch (a backlog) is applied a partition at a time, concurrently, each in a
         # transaction of its own and in its own order: Kafka promises no order across
         # partitions, so neither do we, and the database works on several at once. A small
@@ -268,10 +268,26 @@ class EventConsumer:
                         reason = f"handler failed {attempt} times: {exc!r}\n" + "".join(
                             traceback.format_exception(exc, limit=-5)
                         )
-                        await self._dead_letter(item.message, reason)
+                        if not await self._park(item.message, reason, stop):
+                            return False
                         break
                     await asyncio.sleep(0.05 * attempt)
         return True
+
+    async def _park(self, message: Message, reason: str, stop: asyncio.Event) -> bool:
+        """Dead-letter a message, retrying while the broker does not acknowledge; False if
+        asked to stop first (then nothing past it is committed)."""
+        backoff = 0.1
+        while True:
+            try:
+                await self._dead_letter(message, reason)
+                return True
+            except OSError as exc:
+                log.warning("dead-letter topic unavailable, retrying", error=str(exc))
+            if stop.is_set():
+                return False
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
 
     async def _dead_letter(self, message: Message, reason: str) -> None:
         assert self._dlq is not None
