@@ -308,6 +308,10 @@ class ReservationBatcher:
             await asyncio.wait_for(self._queue.join(), timeout_s)
         for task in self._workers:
             task.cancel()
+        while not self._queue.empty():  # what did not make it in time is refused, not left hanging
+            pending = self._queue.get_nowait()
+            if not pending.answer.done():
+                pending.answer.set_exception(ServiceStopping())
         for task in self._workers:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -399,6 +403,10 @@ class ReservationBatcher:
             return
         if not pending.answer.done():
             pending.answer.set_result(answer)
+
+
+class ServiceStopping(Exception):
+    """The service is shutting down: the client should retry (with the same key) elsewhere."""
 
 
 class _KeyRace(Exception):

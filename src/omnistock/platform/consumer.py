@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -83,6 +84,8 @@ class EventConsumer:
         self.applied = 0
         self.assigned: list[TopicPartition] = []
         self._applied: dict[tuple[str, int], int] = {}  # next offsets, committed asynchronously
+        # The revoke callback reads _applied from the polling thread while batches add to it.
+        self._applied_lock = threading.Lock()
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = Consumer(consumer_config(self._settings, self._sub.group, **self._sub.config))
@@ -143,10 +146,11 @@ class EventConsumer:
         log.info("partitions revoked", group=self._sub.group, count=len(partitions))
 
     def _commit_applied(self, consumer: Consumer) -> None:
-        if not self._applied:
-            return
-        offsets = [TopicPartition(t, p, o) for (t, p), o in self._applied.items()]
-        self._applied.clear()
+        with self._applied_lock:
+            if not self._applied:
+                return
+            offsets = [TopicPartition(t, p, o) for (t, p), o in self._applied.items()]
+            self._applied.clear()
         try:
             consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
@@ -203,8 +207,9 @@ class EventConsumer:
             # Asynchronous: the effect is already durable, and a commit lost in a crash only
             # means redelivery, which the inbox absorbs. Saves a broker round trip per batch.
             consumer.commit(offsets=offsets, asynchronous=True)
-            for tp in offsets:
-                self._applied[(tp.topic, tp.partition)] = tp.offset
+            with self._applied_lock:
+                for tp in offsets:
+                    self._applied[(tp.topic, tp.partition)] = tp.offset
         return not failed
 
     async def _apply_with_retry(self, batch: list[_Decoded], stop: asyncio.Event) -> bool:

@@ -34,6 +34,16 @@ ANSWERED_AS_PROBLEMS = (
 """What a use case refuses with: the client gets a problem+json, and nothing was changed."""
 
 
+def busy() -> Problem:
+    return Problem(
+        503,
+        "Busy",
+        "the SKUs are being changed by others right now: try again",
+        type_="busy",
+        headers={"Retry-After": "1"},
+    )
+
+
 def as_problem(exc: Exception) -> Problem:
     if isinstance(exc, service.OutOfStock):
         return Problem(
@@ -101,6 +111,8 @@ async def in_transaction(
             return await db.transaction_with_retries(conn, work, (repository.LockContention,))
     except ANSWERED_AS_PROBLEMS as exc:
         raise as_problem(exc) from None
+    except repository.LockContention:
+        raise busy() from None
 
 
 async def run_once_per_key(

@@ -25,7 +25,12 @@ from omnistock.inventory.api.schemas import (
     Return,
     Shipment,
 )
-from omnistock.inventory.reserving import REFUSALS, ReservationBatcher, ReserveStock
+from omnistock.inventory.reserving import (
+    REFUSALS,
+    ReservationBatcher,
+    ReserveStock,
+    ServiceStopping,
+)
 from omnistock.platform import idempotency
 from omnistock.platform.auth import Principal, requires
 from omnistock.platform.http import FastJSONResponse
@@ -67,6 +72,14 @@ async def create_reservation(
         answer = await batcher.submit(command, principal.subject, key, fingerprint)
     except REFUSALS as exc:
         raise as_problem(exc) from None
+    except ServiceStopping:
+        raise Problem(
+            503,
+            "Stopping",
+            "this replica is shutting down: try again",
+            type_="unavailable",
+            headers={"Retry-After": "1"},
+        ) from None
     headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
     return FastJSONResponse(answer.body, status_code=answer.status, headers=headers)
 
