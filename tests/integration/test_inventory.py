@@ -125,6 +125,13 @@ async def count(
     return body
 
 
+async def available(client: httpx.AsyncClient, channel: str, sku: str) -> int:
+    """What the channel can sell of the SKU, as computed from stock now."""
+    body = (await client.get(f"/v1/channels/{channel}/availability", params={"skus": sku})).json()
+    figure: int = body["available"][sku]
+    return figure
+
+
 async def reserve(
     client: httpx.AsyncClient, channel: str, lines: list[tuple[str, int]], **extra: Any
 ) -> httpx.Response:
@@ -277,24 +284,19 @@ async def test_availability_accounts_for_reserved_and_allocated_units(
     channel, sku = net["channels"][0], unique("AVAIL")
     await count(client, net["warehouse"], sku, 10)
 
-    async def available() -> int:
-        body = (
-            await client.get(f"/v1/channels/{channel}/availability", params={"skus": sku})
-        ).json()
-        figure: int = body["available"][sku]
-        return figure
-
-    assert await available() == 10
+    assert await available(client, channel, sku) == 10
     first = (await reserve(client, channel, [(sku, 3)])).json()
-    assert await available() == 7
+    assert await available(client, channel, sku) == 7
     await client.post(
         f"/v1/reservations/{first['reservation_id']}/commit", json={"order_id": unique("o")}
     )
-    assert await available() == 7  # allocated units are as unavailable as reserved ones
+    assert (
+        await available(client, channel, sku) == 7
+    )  # allocated units are as unavailable as reserved ones
     second = (await reserve(client, channel, [(sku, 2)])).json()
-    assert await available() == 5
+    assert await available(client, channel, sku) == 5
     assert (await client.delete(f"/v1/reservations/{second['reservation_id']}")).status_code == 204
-    assert await available() == 7
+    assert await available(client, channel, sku) == 7
 
 
 async def test_a_stale_absolute_update_changes_nothing(
@@ -427,14 +429,7 @@ async def test_a_channel_that_drops_a_location_republishes_what_it_can_sell(
     channel, sku = net["channels"][0], unique("DROP")
     await count(client, net["store"], sku, 4)
 
-    async def available() -> int:
-        body = (
-            await client.get(f"/v1/channels/{channel}/availability", params={"skus": sku})
-        ).json()
-        figure: int = body["available"][sku]
-        return figure
-
-    assert await available() == 4
+    assert await available(client, channel, sku) == 4
     response = await client.put(
         f"/v1/channels/{channel}",
         json={
@@ -444,7 +439,7 @@ async def test_a_channel_that_drops_a_location_republishes_what_it_can_sell(
         },
     )
     assert response.status_code == 200
-    assert await available() == 0
+    assert await available(client, channel, sku) == 0
     published = await pool.fetchrow(
         "SELECT available, version FROM availability WHERE channel_id = $1 AND sku = $2",
         channel,

@@ -22,7 +22,7 @@ from omnistock.inventory.api.schemas import (
 from omnistock.platform.auth import Principal, requires
 from omnistock.platform.clock import Clock
 from omnistock.platform.http import FastJSONResponse
-from omnistock.platform.problems import Problem
+from omnistock.platform.problems import Problem, field_problem
 
 
 @router.put("/locations/{location_id}")
@@ -61,21 +61,9 @@ async def put_channel(
 ) -> dict[str, str]:
     _, clock = state_of(request)
     if len({r.location_id for r in body.sourcing}) != len(body.sourcing):
-        raise Problem(
-            422,
-            "Invalid request",
-            "sourcing: each location once",
-            type_="validation-error",
-            errors=[{"field": "sourcing", "message": "duplicate location"}],
-        )
+        raise field_problem("sourcing", "duplicate location")
     if len({r.priority for r in body.sourcing}) != len(body.sourcing):
-        raise Problem(
-            422,
-            "Invalid request",
-            "sourcing: priorities must be distinct",
-            type_="validation-error",
-            errors=[{"field": "sourcing", "message": "duplicate priority"}],
-        )
+        raise field_problem("sourcing", "duplicate priority")
     sources = [domain.Source(r.location_id, r.priority, r.safety_stock) for r in body.sourcing]
     last: str | None = await in_transaction(
         request,
