@@ -282,3 +282,39 @@ async def wait_ready(base_url: str, timeout_s: float = 60) -> None:
             return False
 
     await wait_for(answers, timeout_s, what=f"{base_url} to be ready")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def stocked_channel(
+    client: httpx.AsyncClient, sku: str, on_hand: int, max_units_per_customer: int | None = None
+) -> str:
+    """Over HTTP: a warehouse holding ``on_hand`` units of ``sku`` and a channel selling it."""
+    warehouse, channel = unique("wh"), unique("shop")
+    response = await client.put(
+        f"/v1/locations/{warehouse}",
+        json={"kind": "warehouse", "country": "PL", "name": warehouse},
+    )
+    assert response.status_code == 200, response.text
+    response = await client.put(
+        f"/v1/channels/{channel}",
+        json={
+            "brand": "b",
+            "market": "PL",
+            "sourcing": [{"location_id": warehouse, "priority": 1}],
+            "max_units_per_customer": max_units_per_customer,
+        },
+    )
+    assert response.status_code == 200, response.text
+    response = await client.put(
+        f"/v1/stock/{warehouse}/{sku}", json={"on_hand": on_hand, "source": "wms", "sequence": 1}
+    )
+    assert response.status_code == 200, response.text
+    return channel
+
+
+async def reserved_units(client: httpx.AsyncClient, sku: str) -> int:
+    locations = (await client.get(f"/v1/stock/{sku}")).json()["locations"]
+    return sum(location["reserved"] for location in locations)

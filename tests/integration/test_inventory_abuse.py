@@ -5,7 +5,6 @@ against the real PostgreSQL and Kafka."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +13,15 @@ import pytest
 
 from omnistock.inventory.api import build_app
 from omnistock.platform.settings import Settings
-from tests.integration.conftest import bearer, create_service_schema, drop_schema, served
+from tests.integration.conftest import (
+    bearer,
+    create_service_schema,
+    drop_schema,
+    reserved_units,
+    served,
+    stocked_channel,
+    unique,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -29,37 +36,6 @@ async def schema(settings: Settings) -> AsyncIterator[str]:
     await drop_schema(settings, schema)
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-async def flash_sale(
-    client: httpx.AsyncClient, sku: str, on_hand: int, max_units_per_customer: int | None
-) -> str:
-    """A warehouse with ``on_hand`` units of ``sku`` and a channel selling it."""
-    warehouse, channel = unique("wh"), unique("drop")
-    response = await client.put(
-        f"/v1/locations/{warehouse}",
-        json={"kind": "warehouse", "country": "PL", "name": warehouse},
-    )
-    assert response.status_code == 200, response.text
-    response = await client.put(
-        f"/v1/channels/{channel}",
-        json={
-            "brand": "b",
-            "market": "PL",
-            "sourcing": [{"location_id": warehouse, "priority": 1}],
-            "max_units_per_customer": max_units_per_customer,
-        },
-    )
-    assert response.status_code == 200, response.text
-    response = await client.put(
-        f"/v1/stock/{warehouse}/{sku}", json={"on_hand": on_hand, "source": "wms", "sequence": 1}
-    )
-    assert response.status_code == 200, response.text
-    return channel
-
-
 async def reserve(
     client: httpx.AsyncClient, channel: str, sku: str, quantity: int, **extra: Any
 ) -> httpx.Response:
@@ -68,11 +44,6 @@ async def reserve(
         json={"channel_id": channel, "lines": [{"sku": sku, "quantity": quantity}], **extra},
         headers={"Idempotency-Key": unique("key")},
     )
-
-
-async def reserved_units(client: httpx.AsyncClient, sku: str) -> int:
-    locations = (await client.get(f"/v1/stock/{sku}")).json()["locations"]
-    return sum(location["reserved"] for location in locations)
 
 
 def assert_customer_limit(response: httpx.Response, sku: str) -> None:
@@ -89,7 +60,7 @@ async def test_a_customer_gets_at_most_the_channels_units_per_customer(
     app = build_app(settings, schema=schema)
     async with served(app, bearer(settings, "storefront", ADMIN)) as client:
         sku = unique("SNEAKER")
-        channel = await flash_sale(client, sku, on_hand=20, max_units_per_customer=2)
+        channel = await stocked_channel(client, sku, on_hand=20, max_units_per_customer=2)
         alice, bob = unique("alice"), unique("bob")
 
         first = await reserve(client, channel, sku, 1, customer_id=alice)
@@ -121,7 +92,7 @@ async def test_concurrent_reservations_of_one_customer_stay_within_the_limit(
     app = build_app(settings, schema=schema)
     async with served(app, bearer(settings, "storefront", ADMIN)) as client:
         sku = unique("CONSOLE")
-        channel = await flash_sale(client, sku, on_hand=50, max_units_per_customer=2)
+        channel = await stocked_channel(client, sku, on_hand=50, max_units_per_customer=2)
         bot = unique("bot")
         answers = await asyncio.gather(
             *(reserve(client, channel, sku, 1, customer_id=bot) for _ in range(12))
@@ -141,7 +112,9 @@ async def test_a_client_over_its_burst_gets_429_with_retry_after_and_others_are_
     app = build_app(settings, schema=schema)
     async with served(app, bearer(settings, "admin", ADMIN)) as admin:
         sku = unique("GPU")
-        channel = await flash_sale(client=admin, sku=sku, on_hand=50, max_units_per_customer=None)
+        channel = await stocked_channel(
+            client=admin, sku=sku, on_hand=50, max_units_per_customer=None
+        )
         greedy, polite = (
             httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=app),
@@ -177,7 +150,7 @@ async def test_ordering_does_not_reset_the_limit_and_anonymous_reservations_are_
     scopes = [*ADMIN, "inventory:allocate"]
     async with served(app, bearer(settings, "storefront", scopes)) as client:
         sku = unique("DROP")
-        channel = await flash_sale(client, sku, on_hand=20, max_units_per_customer=2)
+        channel = await stocked_channel(client, sku, on_hand=20, max_units_per_customer=2)
         first = await reserve(client, channel, sku, 2, customer_id="c-1")
         assert first.status_code == 201, first.text
         committed = await client.post(

@@ -28,7 +28,10 @@ from tests.integration.conftest import (
     create_service_schema,
     drop_schema,
     read_topic,
+    reserved_units,
     served,
+    stocked_channel,
+    unique,
     wait_for,
 )
 
@@ -74,34 +77,6 @@ def inventory(
     return served(app, bearer(settings, "storefront", SCOPES))
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-async def stocked_channel(client: httpx.AsyncClient, sku: str, on_hand: int) -> str:
-    """A warehouse holding ``on_hand`` units of ``sku`` and a channel selling from it."""
-    warehouse, channel = unique("wh"), unique("shop")
-    response = await client.put(
-        f"/v1/locations/{warehouse}",
-        json={"kind": "warehouse", "country": "PL", "name": warehouse},
-    )
-    assert response.status_code == 200, response.text
-    response = await client.put(
-        f"/v1/channels/{channel}",
-        json={
-            "brand": "b",
-            "market": "PL",
-            "sourcing": [{"location_id": warehouse, "priority": 1}],
-        },
-    )
-    assert response.status_code == 200, response.text
-    response = await client.put(
-        f"/v1/stock/{warehouse}/{sku}", json={"on_hand": on_hand, "source": "wms", "sequence": 1}
-    )
-    assert response.status_code == 200, response.text
-    return channel
-
-
 async def reserve(client: httpx.AsyncClient, channel: str, sku: str, quantity: int) -> str:
     response = await client.post(
         "/v1/reservations",
@@ -122,11 +97,6 @@ async def status_of(client: httpx.AsyncClient, reservation_id: str) -> str:
     assert response.status_code == 200, response.text
     status: str = response.json()["status"]
     return status
-
-
-async def reserved_units(client: httpx.AsyncClient, sku: str) -> int:
-    locations = (await client.get(f"/v1/stock/{sku}")).json()["locations"]
-    return sum(location["reserved"] for location in locations)
 
 
 async def available(client: httpx.AsyncClient, channel: str, sku: str) -> int:
