@@ -47,5 +47,6 @@ SERVICES: dict[str, ServiceInfo] = {
             "omnistock.demo.consumers:subscriptions",
         ),
         ServiceInfo("inventory", "omnistock.inventory", "omnistock.inventory.api:build_app"),
+        ServiceInfo("pricing", "omnistock.pricing", "omnistock.pricing.api:build_app"),
     ]
 }

@@ -112,11 +112,11 @@ async def test_bad_input_names_the_field_and_writes_nothing(pool: asyncpg.Pool) 
     assert unknown.value.field == "currency"
     for field, kwargs in (
         (
-            "start",
+            "starts_at",
             {"starts_at": T0 + timedelta(days=4), "ends_at": T0 + timedelta(days=6), "amount": 1},
         ),
         (
-            "end",
+            "ends_at",
             {"starts_at": T0 + timedelta(days=9), "ends_at": T0 + timedelta(days=8), "amount": 1},
         ),
         (

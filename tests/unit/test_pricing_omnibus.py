@@ -95,10 +95,10 @@ def test_sales_must_end_after_they_start_and_not_overlap() -> None:
     existing = [Sale(day(0), day(5), 100)]
     with pytest.raises(PricingError) as ended:
         check_sale(Sale(day(9), day(9), 100), existing)
-    assert ended.value.field == "end"
+    assert ended.value.field == "ends_at"
     with pytest.raises(PricingError) as overlapping:
         check_sale(Sale(day(4), day(6), 100), existing)
-    assert overlapping.value.field == "start"
+    assert overlapping.value.field == "starts_at"
     check_sale(Sale(day(5), day(6), 100), existing)  # back to back is fine
 
 

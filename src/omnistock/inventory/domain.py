@@ -12,9 +12,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import NamedTuple
 
-SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+from omnistock.contracts.identifiers import CHANNEL_PATTERN as CHANNEL_PATTERN
+from omnistock.contracts.identifiers import SKU_PATTERN as SKU_PATTERN
+
 LOCATION_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
-CHANNEL_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
 
 
 class InvalidTransition(Exception):

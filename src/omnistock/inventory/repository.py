@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 
 from omnistock.inventory.domain import Hold, Source, StockLevel
+from omnistock.platform import db
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +48,12 @@ class Movement:
     reference: str | None
 
 
+SKU_LOCKS = "omnistock.inventory.sku"
+
+
 async def lock_skus(conn: asyncpg.Connection, skus: Iterable[str]) -> None:
     """Transaction-scoped locks on SKUs, taken in sorted order so that writers never deadlock."""
-    await conn.execute(
-        """SELECT pg_advisory_xact_lock(hashtextextended('omnistock.inventory.sku:' || sku, 0))
-           FROM (SELECT DISTINCT unnest($1::text[]) AS sku ORDER BY 1) AS ordered""",
-        sorted(set(skus)),
-    )
+    await db.lock_keys(conn, SKU_LOCKS, skus)
 
 
 class LockContention(Exception):
@@ -62,17 +62,9 @@ class LockContention(Exception):
 
 async def try_lock_skus(conn: asyncpg.Connection, skus: Iterable[str]) -> None:
     """Locks taken out of sorted order must not wait (that is how deadlocks start)."""
-    wanted = sorted(set(skus))
-    if not wanted:
-        return
-    got = await conn.fetchval(
-        """SELECT bool_and(pg_try_advisory_xact_lock(
-                   hashtextextended('omnistock.inventory.sku:' || sku, 0)))
-           FROM unnest($1::text[]) AS sku""",
-        wanted,
-    )
-    if not got:
-        raise LockContention(", ".join(wanted))
+    wanted = set(skus)
+    if len(await db.try_lock_keys(conn, SKU_LOCKS, wanted)) < len(wanted):
+        raise LockContention(", ".join(sorted(wanted)))
 
 
 async def skus_held_with(conn: asyncpg.Connection, sku: str, location_id: str) -> set[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import asyncpg
@@ -80,3 +80,25 @@ async def transaction_with_retries(
                 raise
             await asyncio.sleep(0.01 * attempt)
     raise AssertionError("unreachable")
+
+
+async def lock_keys(conn: asyncpg.Connection, namespace: str, keys: Iterable[str]) -> None:
+    """Transaction-scoped advisory locks on ``namespace:key``, taken in sorted order so that
+    writers never deadlock."""
+    await conn.execute(
+        """SELECT pg_advisory_xact_lock(hashtextextended($1 || ':' || key, 0))
+           FROM (SELECT DISTINCT unnest($2::text[]) AS key ORDER BY 1) AS ordered""",
+        namespace,
+        sorted(set(keys)),
+    )
+
+
+async def try_lock_keys(conn: asyncpg.Connection, namespace: str, keys: Iterable[str]) -> list[str]:
+    """The keys whose lock this transaction got without waiting; the others are busy."""
+    rows = await conn.fetch(
+        """SELECT key FROM unnest($2::text[]) AS key
+           WHERE pg_try_advisory_xact_lock(hashtextextended($1 || ':' || key, 0))""",
+        namespace,
+        sorted(set(keys)),
+    )
+    return [r["key"] for r in rows]

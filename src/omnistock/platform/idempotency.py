@@ -10,7 +10,10 @@ from typing import Any
 
 import asyncpg
 import orjson
+from fastapi import Request
+from pydantic import BaseModel
 
+from omnistock.platform.http import FastJSONResponse
 from omnistock.platform.problems import Problem
 
 MAX_KEY_LENGTH = 200
@@ -129,3 +132,23 @@ async def stored_answers(
                 row["status_code"], orjson.loads(row["response_body"]), replayed=True
             )
     return found
+
+
+async def respond_once(
+    request: Request,
+    pool: asyncpg.Pool,
+    principal: str,
+    key: str | None,
+    body: BaseModel | None,
+    effect: Callable[[asyncpg.Connection], Awaitable[tuple[int, Any]]],
+) -> FastJSONResponse:
+    """A write request's response, ``effect`` run once per (principal, Idempotency-Key): a
+    repeat gets the first answer, marked ``Idempotent-Replayed``, and changes nothing."""
+    checked = checked_key(key)
+    assert checked is not None
+    fingerprint = request_fingerprint(
+        request.method, request.url.path, body.model_dump(mode="json") if body else None
+    )
+    answer = await run_once(pool, principal, checked, fingerprint, effect)
+    headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
+    return FastJSONResponse(answer.body, status_code=answer.status, headers=headers)

@@ -23,6 +23,29 @@ log = structlog.get_logger(__name__)
 BackgroundJob = Callable[["ServiceRuntime", asyncio.Event], Awaitable[None]]
 
 
+def periodic(
+    name: str, step: Callable[[asyncpg.Connection], Awaitable[int]], interval_s: float
+) -> BackgroundJob:
+    """A job that runs ``step`` in a transaction again and again, pausing ``interval_s`` once a
+    step finds nothing to do (it returns how much it did). Its state lives in the tables
+    ``step`` reads, so a restart picks up exactly where it left off."""
+
+    async def run(runtime: ServiceRuntime, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                async with runtime.pool.acquire() as conn, conn.transaction():
+                    done = await step(conn)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # A database blip or a lost lock race: the work is still there to do.
+                log.warning("job step failed, trying again", job=name, error=str(exc))
+                done = 0
+            if done == 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval_s)
+
+    return run
+
+
 class ServiceRuntime:
     def __init__(
         self,

@@ -28,9 +28,13 @@ MINOR_UNITS: dict[str, int] = {
 class PricingError(ValueError):
     """Bad pricing input; ``field`` names what to fix."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, sku: str | None = None) -> None:
         super().__init__(f"{field}: {message}")
-        self.field, self.message = field, message
+        self.field, self.message, self.sku = field, message, sku
+
+    def at(self, prefix: str, sku: str) -> PricingError:
+        """The same error for the line ``prefix`` of a request, about ``sku``."""
+        return PricingError(f"{prefix}.{self.field}", self.message, sku)
 
 
 def minor_units(currency: str) -> int:
@@ -90,11 +94,11 @@ def check_sale(sale: Sale, others: Sequence[Sale]) -> None:
     if sale.amount < 0:
         raise PricingError("amount", "must be at least 0")
     if sale.end <= sale.start:
-        raise PricingError("end", "must be after start")
+        raise PricingError("ends_at", "must be after starts_at")
     for other in others:
         if sale.start < other.end and other.start < sale.end:
             raise PricingError(
-                "start",
+                "starts_at",
                 f"overlaps the sale from {other.start.isoformat()} to {other.end.isoformat()}",
             )
 

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import asyncpg
-import structlog
 from fastapi import FastAPI
 
 from omnistock.inventory import SERVICE, service
@@ -19,34 +15,15 @@ from omnistock.inventory.reserving import ReservationBatcher
 from omnistock.platform.clock import Clock, SystemClock
 from omnistock.platform.http import create_app
 from omnistock.platform.ratelimit import RateLimiter
-from omnistock.platform.runtime import ServiceRuntime
+from omnistock.platform.runtime import BackgroundJob, ServiceRuntime, periodic
 from omnistock.platform.settings import Settings, get_settings
-
-log = structlog.get_logger(__name__)
 
 ROUTE_MODULES = (stock, reservations)  # importing them adds their routes to ``router``
 
 
-def sweeper(
-    interval_s: float, clock: Clock
-) -> Callable[[ServiceRuntime, asyncio.Event], Awaitable[None]]:
-    """Expires reservations past their TTL. Its state is the reservations table, so a restart
-    picks up exactly where it left off; several replicas sweeping at once are safe."""
-
-    async def sweep(runtime: ServiceRuntime, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                async with runtime.pool.acquire() as conn, conn.transaction():
-                    expired = await service.expire_due(conn, clock)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                # A database blip or a lost lock race: the due reservations are still due.
-                log.warning("sweep failed, trying again", error=str(exc))
-                expired = 0
-            if expired == 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), interval_s)
-
-    return sweep
+def sweeper(interval_s: float, clock: Clock) -> BackgroundJob:
+    """Expires reservations past their TTL; several replicas sweeping at once are safe."""
+    return periodic("sweeper", lambda conn: service.expire_due(conn, clock), interval_s)
 
 
 def build_app(

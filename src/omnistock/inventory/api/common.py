@@ -123,16 +123,9 @@ async def run_once_per_key(
     work: Callable[[asyncpg.Connection], Awaitable[tuple[int, Any]]],
 ) -> FastJSONResponse:
     runtime, _ = state_of(request)
-    checked = idempotency.checked_key(key)
-    assert checked is not None
-    fingerprint = idempotency.request_fingerprint(
-        request.method, request.url.path, body.model_dump() if body else None
-    )
     try:
-        answer = await idempotency.run_once(
-            runtime.pool, principal.subject, checked, fingerprint, work
+        return await idempotency.respond_once(
+            request, runtime.pool, principal.subject, key, body, work
         )
     except ANSWERED_AS_PROBLEMS as exc:
         raise as_problem(exc) from None
-    headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
-    return FastJSONResponse(answer.body, status_code=answer.status, headers=headers)

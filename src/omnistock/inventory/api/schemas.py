@@ -8,7 +8,8 @@ from fastapi import Path
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from omnistock.inventory.domain import CHANNEL_PATTERN, LOCATION_PATTERN, SKU_PATTERN
+from omnistock.contracts.identifiers import CHANNEL_PATTERN, SKU_PATTERN
+from omnistock.inventory.domain import LOCATION_PATTERN
 
 SKU = Annotated[str, Field(pattern=SKU_PATTERN)]
 LOCATION = Annotated[str, Field(pattern=LOCATION_PATTERN)]
