@@ -139,3 +139,27 @@ async def test_bad_input_names_the_field_and_writes_nothing(pool: asyncpg.Pool) 
     assert await pool.fetchval("SELECT count(*) FROM base_prices") == 1
     assert await pool.fetchval("SELECT count(*) FROM price_lists") == 1
     assert await pool.fetchval("SELECT count(*) FROM outbox") == before
+
+
+async def test_a_first_price_set_for_later_is_published_when_it_starts(
+    pool: asyncpg.Pool,
+) -> None:
+    clock = ManualClock(T0)
+    async with pool.acquire() as conn, conn.transaction():
+        await service.put_price_list(conn, "brand-sk", "EUR", 2300)
+        quote = await service.set_base_price(
+            conn,
+            clock,
+            channel_id="brand-sk",
+            sku="NEW",
+            amount=4_999,
+            valid_from=T0 + timedelta(days=1),
+        )
+    assert quote is None  # not on sale yet
+    assert await published(pool) == []
+    assert await scheduler_step(pool, clock) == 0
+    clock.advance(timedelta(days=1))
+    assert await scheduler_step(pool, clock) == 1
+    assert await scheduler_step(pool, clock) == 0
+    first = [e.data for e in await published(pool)]
+    assert [(p.effective, p.version) for p in first] == [(4_999, 1)]  # type: ignore[attr-defined]

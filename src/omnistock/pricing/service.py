@@ -251,7 +251,7 @@ async def history(conn: asyncpg.Connection, channel_id: str, sku: str) -> dict[s
     return {
         "base_prices": [dict(r) for r in bases],
         "sales": [dict(r) for r in sales],
-        "published": dict(published) if published else None,
+        "published": dict(published) if published and published["version"] > 0 else None,
     }
 
 
@@ -299,6 +299,7 @@ async def refresh_many(
     currency = await currency_of(conn, channel_id)
     timelines = await load_timelines(conn, channel_id, skus)
     found = {sku: q for sku, t in timelines.items() if (q := t.quote(now)) is not None}
+    await _remember_first_prices(conn, channel_id, now, timelines, found)
     if not found:
         return found
     before = {
@@ -348,6 +349,32 @@ async def refresh_many(
         clock,
     )
     return found
+
+
+async def _remember_first_prices(
+    conn: asyncpg.Connection,
+    channel_id: str,
+    now: datetime,
+    timelines: dict[str, Timeline],
+    priced: dict[str, Quote],
+) -> None:
+    """SKUs with no price yet but one to come: the scheduler publishes it when it starts."""
+    pending = {
+        sku: upcoming[0]
+        for sku, timeline in timelines.items()
+        if sku not in priced and (upcoming := [m for m in timeline.changes() if m > now])
+    }
+    if pending:
+        await conn.execute(
+            """INSERT INTO published_prices AS p
+                   (channel_id, sku, effective, regular, lowest_30d, next_change, version)
+               SELECT $1, sku, NULL, NULL, NULL, next_change, 0
+               FROM unnest($2::text[], $3::timestamptz[]) AS n(sku, next_change)
+               ON CONFLICT (channel_id, sku) DO UPDATE SET next_change = EXCLUDED.next_change""",
+            channel_id,
+            list(pending),
+            list(pending.values()),
+        )
 
 
 def price_changed(
