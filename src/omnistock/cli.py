@@ -15,9 +15,11 @@ from rich.console import Console
 
 from omnistock.inventory import cli as inventory_cli
 from omnistock.platform.settings import get_settings
+from omnistock.pricing import cli as pricing_cli
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 app.add_typer(inventory_cli.app, name="inventory", help="Stock snapshots: import, sample.")
+app.add_typer(pricing_cli.app, name="pricing", help="Price files: import, sample.")
 console = Console(stderr=True)
 
 
@@ -213,7 +215,7 @@ def contracts(
 
 @app.command()
 def bench(
-    name: Annotated[str, typer.Argument(help="outbox | codec | reservations")],
+    name: Annotated[str, typer.Argument(help="outbox | codec | reservations | pricing")],
     json: Annotated[
         bool, typer.Option("--json", help="print one JSON object as the last line")
     ] = False,

@@ -12,6 +12,7 @@ BENCHMARKS = {
     "outbox": "omnistock.bench.outbox",
     "codec": "omnistock.bench.codec",
     "reservations": "omnistock.bench.reservations",
+    "pricing": "omnistock.bench.pricing",
 }
 
 

@@ -138,7 +138,7 @@ async def set_base_prices(
         [p.amount for p in prices],
         now,
     )
-    return await refresh_many(conn, clock, channel_id, skus)
+    return (await refresh_many(conn, clock, channel_id, skus)).quotes
 
 
 async def set_base_price(
@@ -286,12 +286,17 @@ async def refresh(
     conn: asyncpg.Connection, clock: Clock, channel_id: str, sku: str
 ) -> Quote | None:
     """``refresh_many`` for one SKU: its price as of now, or None before its first base price."""
-    return (await refresh_many(conn, clock, channel_id, [sku])).get(sku)
+    return (await refresh_many(conn, clock, channel_id, [sku])).quotes.get(sku)
+
+
+class Refreshed(NamedTuple):
+    quotes: dict[str, Quote]  # the price now of each SKU that has one
+    published: list[str]  # the SKUs whose price changed, one event each
 
 
 async def refresh_many(
     conn: asyncpg.Connection, clock: Clock, channel_id: str, skus: Sequence[str]
-) -> dict[str, Quote]:
+) -> Refreshed:
     """Publish each SKU's price as of now where it differs from what was published, and
     remember when each next changes. The caller holds the SKUs' locks. SKUs without a base
     price in force have nothing to sell at and are left out."""
@@ -301,7 +306,7 @@ async def refresh_many(
     found = {sku: q for sku, t in timelines.items() if (q := t.quote(now)) is not None}
     await _remember_first_prices(conn, channel_id, now, timelines, found)
     if not found:
-        return found
+        return Refreshed(found, [])
     before = {
         r["sku"]: (r["effective"], r["regular"], r["lowest_30d"])
         for r in await conn.fetch(
@@ -348,7 +353,7 @@ async def refresh_many(
         ],
         clock,
     )
-    return found
+    return Refreshed(found, changed)
 
 
 async def _remember_first_prices(

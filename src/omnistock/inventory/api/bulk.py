@@ -8,26 +8,15 @@ from typing import Annotated, Any
 import structlog
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
-from starlette.requests import ClientDisconnect
 
-from omnistock.inventory import bulk, snapshot
+from omnistock.inventory import bulk
+from omnistock.platform import imports
 from omnistock.platform.auth import Principal, requires
-from omnistock.platform.problems import Problem
+from omnistock.platform.imports import uploads
 
 log = structlog.get_logger(__name__)
 
-MEDIA_TYPES: dict[str, snapshot.Format] = {
-    "text/csv": "csv",
-    "application/x-ndjson": "jsonl",
-    "application/jsonl": "jsonl",
-}
-
 router = APIRouter(prefix="/v1", tags=["inventory"])
-
-
-class RowErrorBody(BaseModel):
-    line: int
-    error: str
 
 
 class ImportReportBody(BaseModel):
@@ -42,11 +31,8 @@ class ImportReportBody(BaseModel):
     rejected: int
     shortages: int
     seconds: float
-    errors: list[RowErrorBody]
+    errors: list[uploads.RowErrorBody]
     errors_truncated: bool
-
-
-_TEXT_BODY = {"schema": {"type": "string"}}
 
 
 @router.post(
@@ -56,14 +42,10 @@ _TEXT_BODY = {"schema": {"type": "string"}}
         415: {"description": "neither CSV nor JSON lines in UTF-8"},
         422: {"description": "no usable CSV header, or no source"},
     },
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "description": "CSV with the header sku,location_id,on_hand, or JSON lines of "
-            '{"sku", "location_id", "on_hand"}; absolute counts.',
-            "content": dict.fromkeys(MEDIA_TYPES, _TEXT_BODY),
-        }
-    },
+    openapi_extra=uploads.request_body(
+        "CSV with the header sku,location_id,on_hand, or JSON lines of "
+        '{"sku", "location_id", "on_hand"}; absolute counts.'
+    ),
 )
 async def import_snapshot(
     request: Request,
@@ -74,19 +56,11 @@ async def import_snapshot(
 ) -> dict[str, Any]:
     """Apply a full stock snapshot. Bad rows are reported with their line numbers and not
     applied; the good ones are. Re-sending the same snapshot changes nothing."""
-    fmt = _format_of(request.headers.get("content-type"))
+    fmt = uploads.format_of(request.headers.get("content-type"))
     runtime, clock = request.app.state.runtime, request.app.state.clock
-    lines = snapshot.split_lines(request.stream())
-    try:
+    lines = imports.split_lines(request.stream())
+    with uploads.as_problems("snapshot", source=source, client=principal.subject):
         report = await bulk.import_snapshot(runtime.pool, clock, lines, fmt, source)
-    except snapshot.SnapshotRefused as exc:
-        raise Problem(422, "Snapshot refused", str(exc), type_="snapshot-refused") from None
-    except ClientDisconnect:
-        # The chunks applied so far stay applied; sending the snapshot again completes it.
-        log.warning("snapshot upload cut short", source=source, client=principal.subject)
-        raise Problem(
-            400, "Upload cut short", "the client went away", type_="client-gone"
-        ) from None
     summary = report.as_dict()
     log.info(
         "snapshot imported",
@@ -94,21 +68,3 @@ async def import_snapshot(
         **{k: v for k, v in summary.items() if k not in {"errors", "errors_truncated"}},
     )
     return summary
-
-
-def _format_of(content_type: str | None) -> snapshot.Format:
-    media_type, *parameters = (content_type or "").lower().split(";")
-    charsets = [
-        value.strip().strip('"')
-        for name, _, value in (p.partition("=") for p in parameters)
-        if name.strip() == "charset"
-    ]
-    fmt = MEDIA_TYPES.get(media_type.strip())
-    if fmt is None or any(c not in {"utf-8", "utf8"} for c in charsets):
-        raise Problem(
-            415,
-            "Unsupported media type",
-            f"send text/csv or application/x-ndjson in UTF-8, not {content_type or 'nothing'!r}",
-            type_="unsupported-media-type",
-        )
-    return fmt

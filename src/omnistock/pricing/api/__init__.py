@@ -9,7 +9,7 @@ from omnistock.platform.http import create_app
 from omnistock.platform.runtime import ServiceRuntime, periodic
 from omnistock.platform.settings import Settings, get_settings
 from omnistock.pricing import SERVICE, service
-from omnistock.pricing.api import routes
+from omnistock.pricing.api import imports, routes
 from omnistock.pricing.api.schemas import PricingSettings
 
 
@@ -27,7 +27,7 @@ def build_app(
     app = create_app(
         service=SERVICE,
         settings=settings,
-        routers=[routes.router],
+        routers=[routes.router, imports.router],
         lifespan=runtime.lifespan,
         readiness=runtime.readiness(),
     )
