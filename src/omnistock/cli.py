@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -132,10 +132,15 @@ def serve(
 
     settings = get_settings()
     (name,) = _service_names([service])
+    bind = host or settings.http_host
+    refusal = settings.refusal_to_serve(bind)
+    if refusal:
+        console.print(f"[red]{refusal}")
+        raise typer.Exit(2)
     observability.configure(name, settings.log_level, settings.log_json)
     uvicorn.run(
         SERVICES[name].build_app(schema=schema),
-        host=host or settings.http_host,
+        host=bind,
         port=port or settings.http_port,
         log_level="warning",
         access_log=False,
@@ -211,6 +216,80 @@ def contracts(
     path = output / "asyncapi.json"
     path.write_bytes(orjson.dumps(asyncapi_document(), option=orjson.OPT_INDENT_2) + b"\n")
     console.print(f"wrote {path}")
+
+
+outbox_app = typer.Typer(
+    help="Events Kafka refused for good, set aside by the relay.", no_args_is_help=True
+)
+app.add_typer(outbox_app, name="outbox")
+
+
+@outbox_app.command("dead")
+def outbox_dead(
+    service: Annotated[str, typer.Argument(help="the service whose outbox to look at")],
+    schema: Annotated[str | None, typer.Option(help="the service's schema")] = None,
+) -> None:
+    """List the events set aside, and why; exits 1 when there are any."""
+    from rich.table import Table
+
+    from omnistock.platform import db
+    from omnistock.services import SERVICES
+
+    (name,) = _service_names([service])
+
+    async def main() -> list[Any]:
+        conn = await db.connect(get_settings().database_url, schema or SERVICES[name].schema)
+        try:
+            rows: list[Any] = await conn.fetch(
+                """SELECT id, event_id, topic, message_key, length(payload) AS bytes, reason,
+                          failed_at FROM outbox_dead ORDER BY id"""
+            )
+            return rows
+        finally:
+            await conn.close()
+
+    rows = asyncio.run(main())
+    table = Table(title=f"{name}: {len(rows)} events set aside")
+    for column in ("id", "topic", "key", "bytes", "reason", "failed at"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(
+            str(r["id"]),
+            r["topic"],
+            r["message_key"],
+            str(r["bytes"]),
+            r["reason"],
+            r["failed_at"].isoformat(),
+        )
+    Console().print(table)
+    if rows:
+        raise typer.Exit(1)
+
+
+@outbox_app.command("requeue")
+def outbox_requeue(
+    service: Annotated[str, typer.Argument(help="the service whose outbox to requeue")],
+    ids: Annotated[
+        list[int] | None, typer.Option("--id", help="only these (all by default)")
+    ] = None,
+    schema: Annotated[str | None, typer.Option(help="the service's schema")] = None,
+) -> None:
+    """Put set-aside events back in the outbox once the cause is fixed (a topic's size limit
+    raised, an ACL granted); the relay publishes them next."""
+    from omnistock.platform import db
+    from omnistock.platform.outbox import requeue_dead
+    from omnistock.services import SERVICES
+
+    (name,) = _service_names([service])
+
+    async def main() -> int:
+        conn = await db.connect(get_settings().database_url, schema or SERVICES[name].schema)
+        try:
+            return await requeue_dead(conn, ids)
+        finally:
+            await conn.close()
+
+    console.print(f"{name}: {asyncio.run(main())} events back in the outbox")
 
 
 @app.command()

@@ -212,3 +212,49 @@ async def test_the_inbox_forgets_ids_only_after_their_retention(sandbox: Sandbox
     kept = await sandbox.pool.fetchval("SELECT max(now() - processed_at) FROM inbox")
     assert kept.days == 5
     assert await count(sandbox, "SELECT count(*) FROM inbox") == 5
+
+
+async def test_idempotency_keys_are_forgotten_after_their_retention(sandbox: Sandbox) -> None:
+    from omnistock.platform.runtime import prune_older_than
+
+    await sandbox.pool.execute(
+        """INSERT INTO idempotency_keys
+               (principal, idempotency_key, request_hash, status_code, response_body, created_at)
+           SELECT 'p', 'k' || h, 'x', 201, '{}', now() - make_interval(hours => h)
+           FROM generate_series(1, 10) AS h"""
+    )
+    assert await prune_older_than(sandbox.pool, "idempotency_keys", 6.5 * 3600, batch=3) == 4
+    assert await count(sandbox, "SELECT max(idempotency_key) FROM idempotency_keys") == "k6"
+
+
+async def test_an_event_kafka_refuses_for_good_is_set_aside_and_the_rest_flows(
+    sandbox: Sandbox,
+) -> None:
+    from omnistock.platform.outbox import OutboxRelay, requeue_dead
+
+    await send(sandbox, "before", 10)
+    # Larger than the broker accepts (1 MB by default): no retry can publish it.
+    await sandbox.pool.execute(
+        """INSERT INTO outbox (event_id, topic, message_key, payload)
+           VALUES (gen_random_uuid(), $1, 'poison', $2)""",
+        sandbox.topic,
+        b"x" * 2_000_000,
+    )
+    await send(sandbox, "after", 10)
+    stop = asyncio.Event()
+    relay = asyncio.create_task(OutboxRelay(sandbox.settings, sandbox.schema).run(stop))
+    try:
+        await wait_count(sandbox, "SELECT count(*) FROM outbox", 0, timeout_s=30)
+    finally:
+        stop.set()
+        await relay
+    dead = await sandbox.pool.fetch("SELECT message_key, reason, length(payload) FROM outbox_dead")
+    assert [(d["message_key"], d["length"]) for d in dead] == [("poison", 2_000_000)]
+    assert "too large" in dead[0]["reason"]
+    published = await asyncio.to_thread(read_topic, sandbox.settings, sandbox.topic)
+    assert len(published) == 20  # every event before and after the poison one
+
+    async with sandbox.pool.acquire() as conn:
+        assert await requeue_dead(conn) == 1
+    assert await count(sandbox, "SELECT count(*) FROM outbox_dead") == 0
+    assert await count(sandbox, "SELECT count(*) FROM outbox WHERE message_key = 'poison'") == 1

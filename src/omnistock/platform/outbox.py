@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 import structlog
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from prometheus_client import Counter, Gauge
 
 from omnistock.platform import db, events, faults
@@ -34,6 +34,23 @@ PUBLISH_FAILURES = Counter(
     "omnistock_outbox_publish_failures_total", "Relay batches Kafka did not acknowledge", ["schema"]
 )
 BACKLOG = Gauge("omnistock_outbox_backlog", "Unpublished outbox rows seen by the relay", ["schema"])
+DEAD = Counter(
+    "omnistock_outbox_dead_total", "Events Kafka refused for good, moved to outbox_dead", ["schema"]
+)
+
+# Refusals of one message that no retry can cure; anything else (a broker away, a topic not yet
+# created, a timeout) fails the whole batch, which is tried again.
+PERMANENT = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.INVALID_MSG,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.TOPIC_EXCEPTION,
+        KafkaError._INVALID_ARG,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,26 +170,38 @@ class OutboxRelay:
                 # planner may rescan the subquery for every row (seen: 50 s for one batch).
                 """DELETE FROM outbox
                    WHERE id = ANY(ARRAY(SELECT id FROM outbox ORDER BY id LIMIT $1))
-                   RETURNING id, topic, message_key, payload, traceparent""",
+                   RETURNING id, event_id, topic, message_key, payload, traceparent, created_at""",
                 self._settings.outbox_batch_size,
             )
             if not rows:
                 BACKLOG.labels(self._schema).set(0)
                 return 0
             rows.sort(key=lambda row: row["id"])  # RETURNING promises no order
-            await self._publish(rows, producer)
+            refused = await self._publish(rows, producer)
+            if refused:
+                await self._set_aside(conn, [r for r in rows if r["id"] in refused], refused)
             faults.point("relay.after_publish")
         self.published += len(rows)
         PUBLISHED.labels(self._schema).inc(len(rows))
         BACKLOG.labels(self._schema).set(len(rows))
         return len(rows)
 
-    async def _publish(self, rows: list[asyncpg.Record], producer: Producer) -> None:
-        errors: list[KafkaError] = []
+    async def _publish(self, rows: list[asyncpg.Record], producer: Producer) -> dict[int, str]:
+        """Publish the rows; returns those Kafka refused for good (id → reason). Raises
+        ``DeliveryFailed`` when any other row was not acknowledged."""
+        transient: list[KafkaError] = []
+        refused: dict[int, str] = {}
 
-        def delivered(error: KafkaError | None, _message: Message) -> None:
-            if error is not None:
-                errors.append(error)
+        def on_delivery(row_id: int) -> Any:
+            def delivered(error: KafkaError | None, _message: Message) -> None:
+                if error is None:
+                    return
+                if error.code() in PERMANENT:
+                    refused[row_id] = error.str()
+                else:
+                    transient.append(error)
+
+            return delivered
 
         for row in rows:
             headers: list[tuple[str, str | bytes | None]] = [
@@ -181,12 +210,45 @@ class OutboxRelay:
             traceparent = row["traceparent"]
             if traceparent:
                 headers.append(("traceparent", traceparent.encode()))
-            _produce(producer, row["topic"], row["message_key"], row["payload"], headers, delivered)
+            try:
+                _produce(
+                    producer,
+                    row["topic"],
+                    row["message_key"],
+                    row["payload"],
+                    headers,
+                    on_delivery(row["id"]),
+                )
+            except KafkaException as exc:  # refused before it left: too large, a bad topic
+                error = exc.args[0]
+                if error.code() not in PERMANENT:
+                    raise DeliveryFailed(f"Kafka refused a message: {error.str()}") from None
+                refused[row["id"]] = error.str()
         remaining = await asyncio.to_thread(producer.flush, 30)
-        if remaining or errors:
+        if remaining or transient:
             PUBLISH_FAILURES.labels(self._schema).inc()
-            reason = errors[0].str() if errors else f"{remaining} messages not acknowledged"
+            reason = transient[0].str() if transient else f"{remaining} messages not acknowledged"
             raise DeliveryFailed(f"Kafka did not acknowledge the batch: {reason}")
+        return refused
+
+    async def _set_aside(
+        self, conn: asyncpg.Connection, rows: list[asyncpg.Record], reasons: dict[int, str]
+    ) -> None:
+        """The refused rows were deleted with their batch: keep them, and why, in outbox_dead.
+        The rest of the batch goes on; consumers see a gap in those keys' versions."""
+        await conn.executemany(
+            """INSERT INTO outbox_dead
+                   (id, event_id, topic, message_key, payload, traceparent, created_at, reason)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+            [(*tuple(r.values()), reasons[r["id"]]) for r in rows],
+        )
+        DEAD.labels(self._schema).inc(len(rows))
+        log.error(
+            "events refused by Kafka set aside in outbox_dead",
+            schema=self._schema,
+            ids=[r["id"] for r in rows],
+            reason=next(iter(reasons.values())),
+        )
 
 
 async def _until_stopped(
@@ -223,3 +285,20 @@ def _produce(
         except BufferError:
             # The local queue is full: let librdkafka drain some deliveries, then go on.
             producer.poll(0.05)
+
+
+async def requeue_dead(conn: asyncpg.Connection, ids: Sequence[int] | None = None) -> int:
+    """Put set-aside events back in the outbox (all, or those ``ids``), once their cause is
+    fixed; they keep their event ids, so consumers that somehow saw them already skip them."""
+    async with conn.transaction():
+        moved = await conn.fetch(
+            """DELETE FROM outbox_dead WHERE $1::bigint[] IS NULL OR id = ANY($1::bigint[])
+               RETURNING id, event_id, topic, message_key, payload, traceparent, created_at""",
+            None if ids is None else list(ids),
+        )
+        await conn.executemany(
+            """INSERT INTO outbox (event_id, topic, message_key, payload, traceparent, created_at)
+               VALUES ($1, $2, $3, $4, $5, $6)""",
+            [tuple(r.values())[1:] for r in sorted(moved, key=lambda r: r["id"])],
+        )
+    return len(moved)

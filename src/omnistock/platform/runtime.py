@@ -89,18 +89,23 @@ class ServiceRuntime:
             consumer = EventConsumer(self.settings, self.pool, subscription)
             self.consumers.append(consumer)
             self._spawn(consumer.run(self._stop), f"consumer {subscription.group}")
-        if self._subscriptions:
-            self._spawn(self._prune_inbox(self._stop), "inbox pruning")
+        self._spawn(self._housekeeping(self._stop), "housekeeping")
         for job in self._jobs:
             self._spawn(job(self, self._stop), getattr(job, "__name__", "job"))
 
-    async def _prune_inbox(self, stop: asyncio.Event) -> None:
-        """Forget processed event ids once Kafka can no longer redeliver their events."""
+    async def _housekeeping(self, stop: asyncio.Event) -> None:
+        """Forget processed event ids once Kafka can no longer redeliver their events, and
+        idempotency keys once no client retries that late."""
+        retention = {
+            "inbox": self.settings.inbox_retention_s,
+            "idempotency_keys": self.settings.idempotency_retention_s,
+        }
         while not stop.is_set():
-            try:
-                await prune_inbox(self.pool, self.settings.inbox_retention_s)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("inbox pruning failed", error=str(exc))
+            for table, retention_s in retention.items():
+                try:
+                    await prune_older_than(self.pool, table, retention_s)
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("pruning failed", table=table, error=str(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 3600)
 
@@ -166,14 +171,22 @@ class ServiceRuntime:
             await self.stop()
 
 
-async def prune_inbox(pool: asyncpg.Pool, retention_s: float, batch: int = 10_000) -> int:
-    """Delete inbox rows older than ``retention_s``, a batch at a time; returns how many."""
+# What housekeeping forgets, by age: (table, timestamp column).
+PRUNED = {"inbox": "processed_at", "idempotency_keys": "created_at"}
+
+
+async def prune_older_than(
+    pool: asyncpg.Pool, table: str, retention_s: float, batch: int = 10_000
+) -> int:
+    """Delete rows of ``table`` older than ``retention_s``, a batch at a time; returns how
+    many. Small batches keep each transaction short next to the service's own writes."""
+    column = PRUNED[table]
     deleted = 0
     while True:
         status = await pool.execute(
-            """DELETE FROM inbox WHERE ctid = ANY(ARRAY(
-                   SELECT ctid FROM inbox
-                   WHERE processed_at < now() - make_interval(secs => $1) LIMIT $2))""",
+            f"""DELETE FROM {table} WHERE ctid = ANY(ARRAY(
+                    SELECT ctid FROM {table}
+                    WHERE {column} < now() - make_interval(secs => $1) LIMIT $2))""",
             retention_s,
             batch,
         )
@@ -181,3 +194,7 @@ async def prune_inbox(pool: asyncpg.Pool, retention_s: float, batch: int = 10_00
         deleted += count
         if count < batch:
             return deleted
+
+
+async def prune_inbox(pool: asyncpg.Pool, retention_s: float, batch: int = 10_000) -> int:
+    return await prune_older_than(pool, "inbox", retention_s, batch)
