@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from omnistock.demo import service
+from omnistock.platform import kafka
 from omnistock.platform.clock import SystemClock
 from tests.integration.conftest import (
     Sandbox,
@@ -240,6 +241,19 @@ async def test_an_event_kafka_refuses_for_good_is_set_aside_and_the_rest_flows(
         sandbox.topic,
         b"x" * 2_000_000,
     )
+    # Within the producer's limit but over the topic's own: the broker refuses it on delivery.
+    small_topic = f"{sandbox.topic}.small"
+    await asyncio.to_thread(
+        kafka.ensure_topics,
+        sandbox.settings,
+        [kafka.TopicSpec(small_topic, partitions=1, config={"max.message.bytes": "10000"})],
+    )
+    await sandbox.pool.execute(
+        """INSERT INTO outbox (event_id, topic, message_key, payload)
+           VALUES (gen_random_uuid(), $1, 'over-topic-limit', $2)""",
+        small_topic,
+        random.Random(7).randbytes(50_000),  # compression cannot shrink it under the limit
+    )
     await send(sandbox, "after", 10)
     stop = asyncio.Event()
     relay = asyncio.create_task(OutboxRelay(sandbox.settings, sandbox.schema).run(stop))
@@ -248,13 +262,20 @@ async def test_an_event_kafka_refuses_for_good_is_set_aside_and_the_rest_flows(
     finally:
         stop.set()
         await relay
-    dead = await sandbox.pool.fetch("SELECT message_key, reason, length(payload) FROM outbox_dead")
-    assert [(d["message_key"], d["length"]) for d in dead] == [("poison", 2_000_000)]
-    assert "too large" in dead[0]["reason"]
+        await asyncio.to_thread(kafka.delete_topics, sandbox.settings, [small_topic])
+    dead = await sandbox.pool.fetch(
+        "SELECT message_key, reason, length(payload) FROM outbox_dead ORDER BY id"
+    )
+    assert [(d["message_key"], d["length"]) for d in dead] == [
+        ("poison", 2_000_000),
+        ("over-topic-limit", 50_000),
+    ]
+    assert all("too large" in d["reason"] for d in dead)
     published = await asyncio.to_thread(read_topic, sandbox.settings, sandbox.topic)
     assert len(published) == 20  # every event before and after the poison one
 
     async with sandbox.pool.acquire() as conn:
-        assert await requeue_dead(conn) == 1
+        assert await requeue_dead(conn) == 2
     assert await count(sandbox, "SELECT count(*) FROM outbox_dead") == 0
     assert await count(sandbox, "SELECT count(*) FROM outbox WHERE message_key = 'poison'") == 1
+    assert await count(sandbox, "SELECT count(*) FROM outbox") == 2

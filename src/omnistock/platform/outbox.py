@@ -189,19 +189,13 @@ class OutboxRelay:
     async def _publish(self, rows: list[asyncpg.Record], producer: Producer) -> dict[int, str]:
         """Publish the rows; returns those Kafka refused for good (id → reason). Raises
         ``DeliveryFailed`` when any other row was not acknowledged."""
-        transient: list[KafkaError] = []
         refused: dict[int, str] = {}
+        transient: list[tuple[KafkaError, Message]] = []
+        failed: list[tuple[KafkaError, Message]] = []
 
-        def on_delivery(row_id: int) -> Any:
-            def delivered(error: KafkaError | None, _message: Message) -> None:
-                if error is None:
-                    return
-                if error.code() in PERMANENT:
-                    refused[row_id] = error.str()
-                else:
-                    transient.append(error)
-
-            return delivered
+        def delivered(error: KafkaError | None, message: Message) -> None:
+            if error is not None:
+                (failed if error.code() in PERMANENT else transient).append((error, message))
 
         for row in rows:
             headers: list[tuple[str, str | bytes | None]] = [
@@ -217,7 +211,7 @@ class OutboxRelay:
                     row["message_key"],
                     row["payload"],
                     headers,
-                    on_delivery(row["id"]),
+                    delivered,
                 )
             except KafkaException as exc:  # refused before it left: too large, a bad topic
                 error = exc.args[0]
@@ -227,8 +221,19 @@ class OutboxRelay:
         remaining = await asyncio.to_thread(producer.flush, 30)
         if remaining or transient:
             PUBLISH_FAILURES.labels(self._schema).inc()
-            reason = transient[0].str() if transient else f"{remaining} messages not acknowledged"
+            reason = transient[0][0].str() if transient else f"{remaining} not acknowledged"
             raise DeliveryFailed(f"Kafka did not acknowledge the batch: {reason}")
+        if failed:  # rare: find the rows of the refused messages
+            by_message = {
+                (r["topic"], r["message_key"], bytes(r["payload"])): r["id"] for r in rows
+            }
+            for error, message in failed:
+                key = message.key()
+                text_key = key.decode() if isinstance(key, bytes) else str(key)
+                row_id = by_message.get((message.topic(), text_key, message.value() or b""))
+                if row_id is None:  # cannot tell which row: keep the batch, try it again
+                    raise DeliveryFailed(f"Kafka refused a message: {error.str()}")
+                refused[row_id] = error.str()
         return refused
 
     async def _set_aside(
