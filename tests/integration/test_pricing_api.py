@@ -4,6 +4,7 @@ lists, base prices, sales, quotes, history, the scheduler across a restart, and 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
@@ -350,3 +351,69 @@ async def test_scopes_are_enforced(
         assert refused.status_code == 403
         assert (await reader.get(f"/v1/price-lists/{channel}")).status_code == 200
     assert await pool.fetchval("SELECT count(*) FROM base_prices") == 0
+
+
+async def test_a_sale_called_off_before_it_starts_never_applies_and_a_running_one_ends_now(
+    settings: Settings, clock: ManualClock, schema: str, pool: asyncpg.Pool
+) -> None:
+    async with pricing(settings, clock, schema) as client:
+        channel = await price_list(client)
+        await set_prices(
+            client,
+            channel,
+            {"sku": "A", "amount": 10_000, "valid_from": (T0 - timedelta(days=40)).isoformat()},
+        )
+        window = {
+            "starts_at": (T0 + timedelta(days=1)).isoformat(),
+            "ends_at": (T0 + timedelta(days=3)).isoformat(),
+        }
+
+        async def sale(amount: int) -> str:
+            answer = await client.post(
+                f"/v1/price-lists/{channel}/sales",
+                json={**window, "lines": [{"sku": "A", "amount": amount}]},
+                headers=key(),
+            )
+            assert answer.status_code == 201, answer.text
+            sale_id: str = answer.json()["sales"][0]["sale_id"]
+            return sale_id
+
+        async def price_at(at: datetime) -> Any:
+            answer = await client.get(
+                f"/v1/price-lists/{channel}/skus/A", params={"at": at.isoformat()}
+            )
+            return answer.json()
+
+        future = await sale(8_000)
+        off = await client.delete(f"/v1/price-lists/{channel}/sales/{future}")
+        assert off.status_code == 200, off.text
+        assert (off.json()["applied"], off.json()["ends_at"]) == (False, None)
+        assert (await price_at(T0 + timedelta(days=2)))["effective"] == 10_000
+        again = await client.delete(f"/v1/price-lists/{channel}/sales/{future}")
+        assert again.json() == off.json()
+        # Its window is free again.
+        running = await sale(7_000)
+        clock.set(T0 + timedelta(days=2))
+        await wait_for(lambda: _published(pool, channel, "A", 7_000), 10, what="sale start")
+        stopped = await client.delete(f"/v1/price-lists/{channel}/sales/{running}")
+        assert stopped.json()["applied"] is True
+        assert stopped.json()["ends_at"] == (T0 + timedelta(days=2)).isoformat()
+        assert await _published(pool, channel, "A", 10_000)  # at once, in the same transaction
+        # It applied from its start until it was called off, and stays in the history.
+        assert (await price_at(T0 + timedelta(days=1, hours=12)))["effective"] == 7_000
+        assert (await price_at(T0 + timedelta(days=2, hours=12)))["effective"] == 10_000
+        history = (await client.get(f"/v1/price-lists/{channel}/skus/A/history")).json()
+        assert [s["cancelled_at"] is not None for s in history["sales"]] == [True, True]
+        # So a reduction within 30 days shows its price as the lowest of the period before.
+        window = {
+            "starts_at": (T0 + timedelta(days=5)).isoformat(),
+            "ends_at": (T0 + timedelta(days=6)).isoformat(),
+        }
+        later = await sale(9_000)
+        assert (await price_at(T0 + timedelta(days=5, hours=1)))["lowest_price_30d"] == 7_000
+        clock.set(T0 + timedelta(days=7))
+        over = await client.delete(f"/v1/price-lists/{channel}/sales/{later}")
+        assert over.status_code == 409
+        assert over.headers["content-type"] == "application/problem+json"
+        unknown = await client.delete(f"/v1/price-lists/{channel}/sales/{uuid.uuid4()}")
+        assert unknown.status_code == 404

@@ -225,6 +225,47 @@ async def schedule_sale(
     return ids[sku]
 
 
+class SaleOver(Exception):
+    """A sale that has already ended cannot be called off."""
+
+
+async def cancel_sale(
+    conn: asyncpg.Connection, clock: Clock, channel_id: str, sale_id: str
+) -> dict[str, Any]:
+    """Call a sale off: one yet to start never applies, a running one ends now. Calling off a
+    sale already called off answers the same again."""
+    sku = await conn.fetchval(
+        "SELECT sku FROM sales WHERE channel_id = $1 AND sale_id = $2::uuid", channel_id, sale_id
+    )
+    if sku is None:
+        raise NotFound("sale", sale_id)
+    await _lock(conn, channel_id, [sku])
+    now = clock.now()
+    sale = await conn.fetchrow(
+        "SELECT starts_at, ends_at, cancelled_at FROM sales WHERE sale_id = $1::uuid", sale_id
+    )
+    if sale["cancelled_at"] is None:
+        if sale["ends_at"] <= now:
+            raise SaleOver(f"sale {sale_id} ended at {sale['ends_at'].isoformat()}")
+        sale = await conn.fetchrow(
+            """UPDATE sales SET cancelled_at = $2,
+                   ends_at = CASE WHEN starts_at < $2 THEN $2 ELSE ends_at END
+               WHERE sale_id = $1::uuid RETURNING starts_at, ends_at, cancelled_at""",
+            sale_id,
+            now,
+        )
+        await refresh(conn, clock, channel_id, sku)
+    applied = sale["cancelled_at"] > sale["starts_at"]
+    return {
+        "sale_id": sale_id,
+        "sku": sku,
+        "starts_at": sale["starts_at"].isoformat(),
+        "ends_at": sale["ends_at"].isoformat() if applied else None,
+        "cancelled_at": sale["cancelled_at"].isoformat(),
+        "applied": applied,  # whether it ran for a while (and so counts in the price history)
+    }
+
+
 async def history(conn: asyncpg.Connection, channel_id: str, sku: str) -> dict[str, Any]:
     """Every base price and sale of the SKU as recorded, and what is published now."""
     await currency_of(conn, channel_id)
@@ -235,7 +276,7 @@ async def history(conn: asyncpg.Connection, channel_id: str, sku: str) -> dict[s
         sku,
     )
     sales = await conn.fetch(
-        """SELECT sale_id::text, starts_at, ends_at, amount, recorded_at FROM sales
+        """SELECT sale_id::text, starts_at, ends_at, amount, recorded_at, cancelled_at FROM sales
            WHERE channel_id = $1 AND sku = $2 ORDER BY starts_at""",
         channel_id,
         sku,
@@ -270,7 +311,8 @@ async def load_timelines(
         bases[row["sku"]].append(BasePrice(row["valid_from"], row["amount"]))
     for row in await conn.fetch(
         """SELECT sku, starts_at, ends_at, amount FROM sales
-           WHERE channel_id = $1 AND sku = ANY($2::text[])""",
+           WHERE channel_id = $1 AND sku = ANY($2::text[])
+             AND (cancelled_at IS NULL OR cancelled_at > starts_at)""",
         channel_id,
         list(skus),
     ):

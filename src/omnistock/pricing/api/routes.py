@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
@@ -29,7 +30,7 @@ from omnistock.pricing.domain import PricingError, Quote
 
 router = APIRouter(prefix="/v1", tags=["pricing"])
 
-REFUSALS = (PricingError, service.NotFound, service.PriceListInUse)
+REFUSALS = (PricingError, service.NotFound, service.PriceListInUse, service.SaleOver)
 
 
 def as_problem(exc: Exception) -> Problem:
@@ -40,6 +41,8 @@ def as_problem(exc: Exception) -> Problem:
         return Problem(422, "Invalid request", str(exc), type_="validation-error", errors=[error])
     if isinstance(exc, service.NotFound):
         return Problem(404, f"{exc.what.capitalize()} not found", str(exc), type_="not-found")
+    if isinstance(exc, service.SaleOver):
+        return Problem(409, "Sale over", str(exc), type_="sale-over")
     if isinstance(exc, service.PriceListInUse):
         return Problem(
             409,
@@ -185,6 +188,22 @@ async def schedule_sale(
         }
 
     return await once_per_key(request, principal, idempotency_key, body, work)
+
+
+@router.delete("/price-lists/{channel_id}/sales/{sale_id}")
+async def cancel_sale(
+    channel_id: ChannelPath,
+    sale_id: uuid.UUID,
+    request: Request,
+    _auth: Annotated[Principal, requires("pricing:write")],
+) -> dict[str, Any]:
+    """Call a sale off: one yet to start never applies; a running one ends now, its price
+    published at once, and stays in the history (it counts for the 30-day lowest price)."""
+    _, clock = state_of(request)
+    result: dict[str, Any] = await in_transaction(
+        request, lambda conn: service.cancel_sale(conn, clock, channel_id, str(sale_id))
+    )
+    return result
 
 
 @router.post("/price-lists/{channel_id}/quotes")
