@@ -205,8 +205,8 @@ async def test_the_inbox_forgets_ids_only_after_their_retention(sandbox: Sandbox
     from omnistock.platform.runtime import prune_inbox
 
     await sandbox.pool.execute(
-        """INSERT INTO inbox (consumer_group, event_id, processed_at)
-           SELECT 'g', gen_random_uuid(), now() - make_interval(days => d)
+        """INSERT INTO inbox (group_id, event_id, processed_at)
+           SELECT 1, gen_random_uuid(), now() - make_interval(days => d)
            FROM generate_series(1, 10) AS d"""
     )
     assert await prune_inbox(sandbox.pool, retention_s=5.5 * 24 * 3600, batch=2) == 5
@@ -279,3 +279,30 @@ async def test_an_event_kafka_refuses_for_good_is_set_aside_and_the_rest_flows(
     assert await count(sandbox, "SELECT count(*) FROM outbox_dead") == 0
     assert await count(sandbox, "SELECT count(*) FROM outbox WHERE message_key = 'poison'") == 1
     assert await count(sandbox, "SELECT count(*) FROM outbox") == 2
+
+
+async def test_the_inbox_keeps_what_it_remembered_across_the_group_id_migration(
+    settings: Any,
+) -> None:
+    from omnistock.platform import db
+    from omnistock.platform.migrations import load_migrations, migrate
+
+    schema = f"test_inbox_{random.Random().getrandbits(40):x}"
+    platform = load_migrations("platform", "omnistock.platform")
+    conn = await db.connect(settings.database_url, schema)
+    try:
+        await migrate(conn, schema, [m for m in platform if m.version < 3])
+        await conn.execute(
+            """INSERT INTO inbox (consumer_group, event_id)
+               SELECT g, gen_random_uuid() FROM unnest(ARRAY['b', 'a', 'b']) AS g"""
+        )
+        before = await conn.fetch("SELECT consumer_group, event_id FROM inbox")
+        assert await migrate(conn, schema, platform) == ["platform/0003_inbox_group_ids"]
+        after = await conn.fetch(
+            """SELECT g.name AS consumer_group, i.event_id
+               FROM inbox i JOIN consumer_groups g USING (group_id)"""
+        )
+        assert sorted(map(tuple, after)) == sorted(map(tuple, before))
+    finally:
+        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        await conn.close()

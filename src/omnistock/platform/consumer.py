@@ -86,8 +86,11 @@ class EventConsumer:
         self._applied: dict[tuple[str, int], int] = {}  # next offsets, committed asynchronously
         # The revoke callback reads _applied from the polling thread while batches add to it.
         self._applied_lock = threading.Lock()
+        self._inbox_group_id: int | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
+        if not await self._resolve_group_id(stop):
+            return
         consumer = Consumer(consumer_config(self._settings, self._sub.group, **self._sub.config))
         self._consumer = consumer
         self._dlq = self._dlq or create_producer(self._settings)
@@ -230,14 +233,29 @@ class EventConsumer:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
+    async def _resolve_group_id(self, stop: asyncio.Event) -> bool:
+        """The group's inbox number, before any event is taken. Committed on its own, never in
+        an effect's transaction, whose rollback would take it along; until the database
+        answers (or has its migrations) nothing is consumed, so nothing is dead-lettered."""
+        while not stop.is_set():
+            try:
+                async with self._pool.acquire() as conn:
+                    self._inbox_group_id = await group_id(conn, self._sub.group)
+                return True
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("inbox not reachable, waiting", group=self._sub.group, error=str(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+        return False
+
     async def _apply(self, conn: asyncpg.Connection, batch: list[events.Event[Any]]) -> None:
         fresh_ids = set(
             await conn.fetchval(
                 """WITH ins AS (
-                       INSERT INTO inbox (consumer_group, event_id)
+                       INSERT INTO inbox (group_id, event_id)
                        SELECT $1, unnest($2::uuid[]) ON CONFLICT DO NOTHING RETURNING event_id)
                    SELECT coalesce(array_agg(event_id::text), '{}') FROM ins""",
-                self._sub.group,
+                self._inbox_group_id,
                 list(dict.fromkeys(event.id for event in batch)),
             )
         )
@@ -361,3 +379,18 @@ def _next_offsets(messages: list[Message]) -> list[TopicPartition]:
         if message.error() is None and topic is not None and partition is not None:
             last[(topic, partition)] = offset if offset is not None else -1
     return [TopicPartition(topic, part, offset + 1) for (topic, part), offset in last.items()]
+
+
+async def group_id(conn: asyncpg.Connection, group: str) -> int:
+    """The consumer group's number in the inbox, given on first use."""
+    found: int | None = await conn.fetchval(
+        "SELECT group_id FROM consumer_groups WHERE name = $1", group
+    )
+    if found is None:
+        found = await conn.fetchval(
+            """INSERT INTO consumer_groups (name) VALUES ($1)
+               ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING group_id""",
+            group,
+        )
+    assert found is not None
+    return found
