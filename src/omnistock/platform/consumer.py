@@ -83,7 +83,8 @@ class EventConsumer:
         self._consumer: Consumer | None = None
         self.applied = 0
         self.assigned: list[TopicPartition] = []
-        self._applied: dict[tuple[str, int], int] = {}  # next offsets, committed asynchronously
+        self._applied: dict[tuple[str, int], int] = {}  # next offsets, until committed for sure
+        self._unsent: dict[tuple[str, int], int] = {}  # next offsets not yet sent to the broker
         # The revoke callback reads _applied from the polling thread while batches add to it.
         self._applied_lock = threading.Lock()
         self._inbox_group_id: int | None = None
@@ -130,6 +131,14 @@ class EventConsumer:
         # consume(n, timeout) waits until it has n messages or the timeout passes, which at a
         # low rate adds the whole timeout to every event's latency. Wait for the first message
         # only, then take what has already been fetched.
+        with self._applied_lock:
+            unsent = [TopicPartition(t, p, o) for (t, p), o in self._unsent.items()]
+            self._unsent.clear()
+        if unsent:
+            try:
+                consumer.commit(offsets=unsent, asynchronous=True)
+            except KafkaException as exc:  # a lost commit only means redelivery
+                log.warning("offset commit failed", group=self._sub.group, error=str(exc))
         first = consumer.poll(0.2)
         if first is None:
             return []
@@ -154,6 +163,7 @@ class EventConsumer:
                 return
             offsets = [TopicPartition(t, p, o) for (t, p), o in self._applied.items()]
             self._applied.clear()
+            self._unsent.clear()
         try:
             consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
@@ -207,12 +217,13 @@ class EventConsumer:
         offsets = [tp for tp in _next_offsets(messages) if (tp.topic, tp.partition) not in failed]
         if offsets:
             faults.point("consumer.before_commit")
-            # Asynchronous: the effect is already durable, and a commit lost in a crash only
-            # means redelivery, which the inbox absorbs. Saves a broker round trip per batch.
-            consumer.commit(offsets=offsets, asynchronous=True)
+            # Committed asynchronously by the fetching thread before its next poll: the effect
+            # is already durable, and a commit lost in a crash only means redelivery, which the
+            # inbox absorbs. Keeps the broker round trip and librdkafka's locks off this loop.
             with self._applied_lock:
                 for tp in offsets:
                     self._applied[(tp.topic, tp.partition)] = tp.offset
+                    self._unsent[(tp.topic, tp.partition)] = tp.offset
         return not failed
 
     async def _apply_with_retry(self, batch: list[_Decoded], stop: asyncio.Event) -> bool:
