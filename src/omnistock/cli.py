@@ -14,12 +14,14 @@ import typer
 from rich.console import Console
 
 from omnistock.inventory import cli as inventory_cli
+from omnistock.payments import cli as payments_cli
 from omnistock.platform.settings import get_settings
 from omnistock.pricing import cli as pricing_cli
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 app.add_typer(inventory_cli.app, name="inventory", help="Stock snapshots: import, sample.")
 app.add_typer(pricing_cli.app, name="pricing", help="Price files: import, sample.")
+app.add_typer(payments_cli.app, name="payments", help="The simulated PSP.")
 console = Console(stderr=True)
 
 

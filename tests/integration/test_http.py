@@ -50,9 +50,12 @@ async def test_every_route_refuses_missing_or_wrong_credentials(
     routes = [e for e in endpoints(app) if e.path not in PUBLIC_PATHS]
     assert len(routes) > 1, "a service with no routes but /metrics?"
     operations = [op for path in app.openapi()["paths"].values() for op in path.values()]
-    assert all(op.get("x-scopes") for op in operations), "every operation documents its scopes"
+    assert all(op.get("x-scopes") or op.get("x-signature") for op in operations), (
+        "every operation documents its scopes (a webhook: its signature)"
+    )
     async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
         for route in routes:
+            signed = "x-signature" in (route.route.openapi_extra or {})
             for method in route.methods:
                 path = concrete_path(route.path)
                 anonymous = await client.request(method, path)
@@ -65,6 +68,9 @@ async def test_every_route_refuses_missing_or_wrong_credentials(
                 wrong = await client.request(
                     method, path, headers=bearer(sandbox, "nothing:useful")
                 )
+                if signed:  # a PSP webhook: no bearer token opens it, only a signature
+                    assert wrong.status_code == 401, f"{method} {path} without a signature"
+                    continue
                 assert wrong.status_code == 403, f"{method} {path} with a wrong scope"
                 assert "needs one of" in wrong.json()["detail"]
 
