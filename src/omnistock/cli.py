@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from omnistock.inventory import cli as inventory_cli
+from omnistock.orders import cli as orders_cli
 from omnistock.payments import cli as payments_cli
 from omnistock.platform.settings import get_settings
 from omnistock.pricing import cli as pricing_cli
@@ -22,6 +23,7 @@ app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 app.add_typer(inventory_cli.app, name="inventory", help="Stock snapshots: import, sample.")
 app.add_typer(pricing_cli.app, name="pricing", help="Price files: import, sample.")
 app.add_typer(payments_cli.app, name="payments", help="The simulated PSP.")
+app.add_typer(orders_cli.app, name="orders", help="Orders: stuck sagas.")
 console = Console(stderr=True)
 
 

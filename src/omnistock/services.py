@@ -49,5 +49,6 @@ SERVICES: dict[str, ServiceInfo] = {
         ServiceInfo("inventory", "omnistock.inventory", "omnistock.inventory.api:build_app"),
         ServiceInfo("pricing", "omnistock.pricing", "omnistock.pricing.api:build_app"),
         ServiceInfo("payments", "omnistock.payments", "omnistock.payments.api:build_app"),
+        ServiceInfo("orders", "omnistock.orders", "omnistock.orders.api:build_app"),
     ]
 }

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from omnistock.contracts import demo, inventory, payments, pricing
+from omnistock.contracts import demo, inventory, orders, payments, pricing
 from omnistock.platform.kafka import TopicSpec
 
-ALL_TOPICS: list[TopicSpec] = [*demo.TOPICS, *inventory.TOPICS, *pricing.TOPICS, *payments.TOPICS]
+ALL_TOPICS: list[TopicSpec] = [
+    *demo.TOPICS,
+    *inventory.TOPICS,
+    *pricing.TOPICS,
+    *payments.TOPICS,
+    *orders.TOPICS,
+]

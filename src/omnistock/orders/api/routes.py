@@ -1,0 +1,220 @@
+"""Orders over HTTP: place (once per Idempotency-Key), read, cancel.
+
+A customer token places, reads and cancels only its own orders: another customer's order does
+not exist for it (404, so ids cannot be probed). Staff and services use ``orders:write`` and
+``orders:read``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import APIRouter, Header, Query, Request
+
+from omnistock.orders import domain, service
+from omnistock.orders.api import intake
+from omnistock.orders.api.schemas import REFERENCE, OrderIn, OrderPath
+from omnistock.orders.participants import Participants
+from omnistock.orders.settings import OrdersSettings
+from omnistock.orders.worker import SagaWorker
+from omnistock.platform import idempotency
+from omnistock.platform.auth import CUSTOMER_SCOPE, Principal, requires
+from omnistock.platform.clock import Clock
+from omnistock.platform.http import FastJSONResponse
+from omnistock.platform.problems import Problem, field_problem
+from omnistock.platform.runtime import ServiceRuntime
+
+router = APIRouter(prefix="/v1", tags=["orders"])
+WRITE, READ = "orders:write", "orders:read"
+
+
+class State:
+    def __init__(self, request: Request) -> None:
+        state = request.app.state
+        self.runtime: ServiceRuntime = state.runtime
+        self.clock: Clock = state.clock
+        self.own: OrdersSettings = state.orders_settings
+        self.participants: Participants = state.participants
+        self.worker: SagaWorker = state.worker
+
+
+def not_found(order_id: str) -> Problem:
+    return Problem(404, "Order not found", f"no order {order_id}", type_="not-found")
+
+
+def customer_of(principal: Principal, named: str | None) -> str:
+    """A customer orders for itself; staff and platforms name the customer."""
+    if principal.is_customer and WRITE not in principal.scopes:
+        if named not in (None, principal.subject):
+            raise Problem(
+                403,
+                "Forbidden",
+                "a customer orders only for itself",
+                type_="forbidden",
+                errors=[{"field": "customer_id", "message": "not yours"}],
+            )
+        return principal.subject
+    if named is None:
+        raise field_problem("customer_id", "required")
+    return named
+
+
+async def check_access(
+    conn: asyncpg.Connection, principal: Principal, order_id: str, staff_scope: str
+) -> None:
+    owner = await service.owner_of(conn, order_id)
+    if owner is None or not principal.may_act_for(owner, staff_scope):
+        raise not_found(order_id)
+
+
+@router.post("/orders", status_code=201)
+async def place_order(
+    body: OrderIn,
+    request: Request,
+    principal: Annotated[Principal, requires(WRITE, CUSTOMER_SCOPE)],
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> FastJSONResponse:
+    """Place an order against its checkout reservation. Prices are checked against pricing
+    (beyond the tolerance: 409 naming the lines) and the reservation against the lines; the
+    order and OrderPlaced commit together and the reply comes at once, status ``placed``.
+    The saga carries on in the background; read the order (or its events) for the rest."""
+    state = State(request)
+    customer_id = customer_of(principal, body.customer_id)
+    key = idempotency.checked_key(idempotency_key)
+    assert key is not None
+    fingerprint = idempotency.request_fingerprint(
+        "POST", "/v1/orders", body.model_dump(mode="json")
+    )
+    # A repeat gets the first answer, whatever prices have done since.
+    stored = await idempotency.stored_answer(
+        state.runtime.pool, principal.subject, key, fingerprint
+    )
+    if stored is None:
+        await intake.check_prices(state.participants, body, state.own.price_tolerance_bp)
+        await intake.check_reservation(state.participants, body)
+
+        async def effect(conn: asyncpg.Connection) -> tuple[int, Any]:
+            order = {
+                "customer_id": customer_id,
+                "channel_id": body.channel_id,
+                "platform": body.platform,
+                "currency": body.currency,
+                "reservation_id": body.reservation_id,
+                "lines": [line.model_dump() for line in body.lines],
+                "delivery": body.delivery.model_dump(mode="json"),
+                "payment_method": body.payment.method,
+                "payment_token": body.payment.token,
+                "loyalty_points": body.loyalty_points,
+            }
+            order_id = await service.place_order(
+                conn, state.clock, order, state.own.confirm_within()
+            )
+            return 201, await service.order_view(conn, order_id)
+
+        try:
+            stored = await idempotency.run_once(
+                state.runtime.pool, principal.subject, key, fingerprint, effect
+            )
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name != "orders_reservation_id_key":
+                raise
+            # The same request under the same key may have won the race: its answer stands.
+            stored = await idempotency.stored_answer(
+                state.runtime.pool, principal.subject, key, fingerprint
+            )
+            if stored is None:
+                raise Problem(
+                    409,
+                    "Reservation already used",
+                    f"reservation {body.reservation_id} belongs to another order",
+                    type_="reservation-used",
+                    errors=[{"field": "reservation_id", "message": "used by another order"}],
+                ) from None
+        state.worker.wakeup.set()
+    headers = {"Idempotent-Replayed": "true"} if stored.replayed else {}
+    return FastJSONResponse(stored.body, status_code=stored.status, headers=headers)
+
+
+@router.get("/orders")
+async def list_orders(
+    request: Request,
+    principal: Annotated[Principal, requires(READ, CUSTOMER_SCOPE)],
+    customer_id: Annotated[str | None, Query(pattern=REFERENCE)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> FastJSONResponse:
+    """A customer's orders, newest first (a customer: only its own, ``customer_id`` may be
+    left out)."""
+    if READ in principal.scopes:
+        if customer_id is None:
+            raise field_problem("query.customer_id", "required")
+        wanted = customer_id
+    elif customer_id in (None, principal.subject):
+        wanted = principal.subject
+    else:
+        raise Problem(
+            403,
+            "Forbidden",
+            "a customer sees only its own orders",
+            type_="forbidden",
+            errors=[{"field": "query.customer_id", "message": "not yours"}],
+        )
+    state = State(request)
+    async with state.runtime.pool.acquire() as conn:
+        found = await service.orders_of(conn, wanted, limit)
+    return FastJSONResponse({"customer_id": wanted, "orders": found})
+
+
+@router.get("/orders/{order_id}")
+async def get_order(
+    order_id: OrderPath,
+    request: Request,
+    principal: Annotated[Principal, requires(READ, CUSTOMER_SCOPE)],
+) -> FastJSONResponse:
+    """The order, its lines, its status and version, and its history (every version)."""
+    state = State(request)
+    async with state.runtime.pool.acquire() as conn:
+        await check_access(conn, principal, order_id, READ)
+        view = await service.order_view(conn, order_id)
+    if view is None:
+        raise not_found(order_id)
+    return FastJSONResponse(view)
+
+
+@router.post("/orders/{order_id}/cancel")
+async def cancel_order(
+    order_id: OrderPath,
+    request: Request,
+    principal: Annotated[Principal, requires(WRITE, CUSTOMER_SCOPE)],
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> FastJSONResponse:
+    """Cancel before shipment: the order becomes ``cancelling`` at once, its stock is
+    released and its payment voided in the background, then it is ``cancelled``. Cancelling
+    a cancelled order changes nothing; a shipped one is a 409."""
+    state = State(request)
+    reason = (
+        domain.CancelReason.BY_STAFF
+        if WRITE in principal.scopes
+        else domain.CancelReason.BY_CUSTOMER
+    )
+
+    async def effect(conn: asyncpg.Connection) -> tuple[int, Any]:
+        await check_access(conn, principal, order_id, WRITE)
+        try:
+            await service.cancel_order(conn, state.clock, order_id, reason)
+        except service.NotFound:
+            raise not_found(order_id) from None
+        except service.NotCancellable as exc:
+            raise Problem(
+                409,
+                "Too late to cancel",
+                str(exc),
+                type_="invalid-transition",
+                errors=[{"field": "status", "message": f"is {exc.status}"}],
+            ) from None
+        return 200, await service.order_view(conn, order_id)
+
+    response = await idempotency.respond_once(
+        request, state.runtime.pool, principal.subject, idempotency_key, None, effect
+    )
+    state.worker.wakeup.set()
+    return response

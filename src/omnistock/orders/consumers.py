@@ -1,0 +1,40 @@
+"""What the orders service reads from Kafka: the payments' decisions, which wake an order
+waiting on a pending authorization at once instead of at its next poll. The saga then asks
+payments again (under the same idempotency key) and takes the answer from there, so an event
+only ever brings a step forward in time; it never decides it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from omnistock.contracts.payments import PAYMENTS, PaymentAuthorized, PaymentDeclined
+from omnistock.orders import repository
+from omnistock.platform.clock import Clock
+from omnistock.platform.consumer import Handler, Subscription
+from omnistock.platform.events import Event
+
+
+def payment_decided(clock: Clock) -> Handler:
+    async def handle(conn: asyncpg.Connection, batch: Sequence[Event[Any]]) -> None:
+        order_ids = []
+        for event in batch:
+            try:
+                order_ids.append(uuid.UUID(event.data.order_id))
+            except ValueError:
+                continue  # a payment of something that is not one of our orders
+        await repository.wake(conn, order_ids, "authorize_payment", clock.now())
+
+    return handle
+
+
+def subscription(clock: Clock, group: str) -> Subscription:
+    handler = payment_decided(clock)
+    return Subscription(
+        group=group,
+        topics=[PAYMENTS.name],
+        handlers={PaymentAuthorized.TYPE: handler, PaymentDeclined.TYPE: handler},
+    )

@@ -1,0 +1,119 @@
+"""The order's rules, pure: its states and the one table of moves between them, the price
+check at intake, and when a saga step is tried again. No I/O, no clock reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+
+class OrderStatus(StrEnum):
+    PLACED = "placed"
+    ALLOCATED = "allocated"  # the reservation became the order's allocations
+    AUTHORIZED = "authorized"  # the payment is authorized (deferred ones: approved)
+    CONFIRMED = "confirmed"
+    SHIPPED = "shipped"
+    READY_FOR_PICKUP = "ready_for_pickup"
+    DELIVERED = "delivered"
+    COLLECTED = "collected"
+    IN_TRIAL = "in_trial"  # try before you buy: the customer decides what to keep
+    COMPLETED = "completed"
+    CANCELLING = "cancelling"  # compensation under way: a semantic lock on the order
+    CANCELLED = "cancelled"
+
+
+S = OrderStatus
+
+TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
+    S.PLACED: frozenset({S.ALLOCATED, S.CANCELLING}),
+    S.ALLOCATED: frozenset({S.AUTHORIZED, S.CANCELLING}),
+    S.AUTHORIZED: frozenset({S.CONFIRMED, S.CANCELLING}),
+    S.CONFIRMED: frozenset({S.SHIPPED, S.READY_FOR_PICKUP, S.CANCELLING}),
+    S.SHIPPED: frozenset({S.DELIVERED}),
+    S.READY_FOR_PICKUP: frozenset({S.COLLECTED}),
+    S.DELIVERED: frozenset({S.IN_TRIAL, S.COMPLETED}),
+    S.COLLECTED: frozenset({S.IN_TRIAL, S.COMPLETED}),
+    S.IN_TRIAL: frozenset({S.COMPLETED}),
+    S.COMPLETED: frozenset(),
+    S.CANCELLING: frozenset({S.CANCELLED}),
+    S.CANCELLED: frozenset(),
+}
+"""Every move an order may make; anything else raises InvalidTransition."""
+
+CANCELLABLE = frozenset(s for s, targets in TRANSITIONS.items() if S.CANCELLING in targets)
+"""Before shipment: what a customer or staff may still cancel."""
+
+FINAL = frozenset(s for s, targets in TRANSITIONS.items() if not targets)
+
+
+class InvalidTransition(Exception):
+    def __init__(self, current: OrderStatus, target: OrderStatus) -> None:
+        super().__init__(f"an order {current} cannot become {target}")
+        self.current = current
+        self.target = target
+
+
+def transition(current: OrderStatus, target: OrderStatus) -> OrderStatus:
+    if target not in TRANSITIONS[current]:
+        raise InvalidTransition(current, target)
+    return target
+
+
+class CancelReason(StrEnum):
+    """Why an order ended cancelled: machine-readable, on the order and in its events."""
+
+    BY_CUSTOMER = "cancelled_by_customer"
+    BY_STAFF = "cancelled_by_staff"
+    PAYMENT_DECLINED = "payment_declined"
+    PAYMENT_REFUSED = "payment_refused"
+    RESERVATION_NOT_COMMITTABLE = "reservation_not_committable"
+    STEP_FAILED = "step_failed"
+    CONFIRMATION_TIMED_OUT = "confirmation_timed_out"
+
+
+# -- the price check at intake --
+
+
+@dataclass(frozen=True, slots=True)
+class PriceDifference:
+    line: int
+    sku: str
+    seen: int
+    current: int | None  # None: the SKU has no price in the channel now
+
+
+def price_differences(
+    seen: list[tuple[str, int]], current: dict[str, int | None], tolerance_bp: int
+) -> list[PriceDifference]:
+    """Lines (sku, unit price the customer saw) whose current price differs by more than
+    ``tolerance_bp`` basis points of the current price, or that have no price at all."""
+    found = []
+    for number, (sku, price) in enumerate(seen):
+        now = current.get(sku)
+        # Integer arithmetic: |seen - now| * 10000 > now * tolerance, never a float.
+        if now is None or abs(price - now) * 10_000 > now * tolerance_bp:
+            found.append(PriceDifference(number, sku, price, now))
+    return found
+
+
+# -- retries --
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int
+    first_delay: timedelta
+    longest_delay: timedelta
+
+    def delay(self, attempts: int) -> timedelta:
+        """The wait after the ``attempts``-th failed try: doubling, capped."""
+        doubled: timedelta = self.first_delay * (2 ** min(max(attempts - 1, 0), 30))
+        return min(doubled, self.longest_delay)
+
+    def gives_up(self, attempts: int) -> bool:
+        return attempts >= self.max_attempts
+
+
+def is_overdue(confirm_by: datetime, now: datetime) -> bool:
+    return now >= confirm_by

@@ -1,0 +1,248 @@
+"""The order saga, orchestrated: its steps as data, each with an action and a compensation
+that call another service and map its reply to a typed outcome.
+
+Forward: commit the checkout reservation (inventory turns it into the order's allocations),
+then create and authorize the payment (for pay later and try before you buy: approve the
+deferred payment); the order is then confirmed. Loyalty points are held by a step to come,
+added to ``STEPS`` between the payment and the confirmation.
+
+Every call carries an idempotency key made of the order id and the step, or is idempotent by
+nature (a reservation committed again for the same order answers as the first time), so a
+retried step never applies twice. Compensations undo what their step may have done and are
+idempotent too: they run, last step first, from the step the order had reached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from omnistock.orders.domain import CancelReason, OrderStatus
+from omnistock.orders.participants import Participants
+
+# -- typed outcomes --
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    facts: dict[str, str] = field(default_factory=dict)  # what to remember, e.g. payment_id
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The participant said no for good: the order is compensated and cancelled."""
+
+    reason: CancelReason
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """Under way at the participant (an authorization the PSP decides later): ask again."""
+
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """No answer worth trusting (timeout, 5xx, unreachable): try again after a backoff."""
+
+    detail: str
+
+
+Outcome = Done | Refused | Pending | Failed
+
+
+@dataclass(frozen=True, slots=True)
+class SagaOrder:
+    """What the steps need to know of an order."""
+
+    order_id: str
+    customer_id: str
+    reservation_id: str
+    payment_method: str
+    payment_token: str | None
+    total: int
+    currency: str
+    cancel_reason: str | None
+
+
+Action = Callable[[Participants, SagaOrder], Awaitable[Outcome]]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    name: str
+    reaches: OrderStatus  # the order's status once the step is done
+    action: Action
+    compensation: Action
+
+
+def _failed(response: httpx.Response) -> Failed:
+    return Failed(f"{response.request.method} {response.request.url.path}: {response.status_code}")
+
+
+def _problem(response: httpx.Response) -> str:
+    try:
+        body: dict[str, Any] = response.json()
+    except ValueError:
+        return str(response.status_code)
+    return f"{response.status_code} {body.get('title', '')}: {body.get('detail', '')}".strip()
+
+
+def _transient(response: httpx.Response) -> bool:
+    return response.status_code >= 500 or response.status_code in (408, 429)
+
+
+# -- step 1: the reservation becomes the order's allocations --
+
+
+async def commit_reservation(participants: Participants, order: SagaOrder) -> Outcome:
+    response = await participants.call(
+        participants.inventory,
+        "POST",
+        f"/v1/reservations/{order.reservation_id}/commit",
+        body={"order_id": order.order_id},
+    )
+    if response.status_code == 200:
+        return Done()
+    if _transient(response):
+        return _failed(response)
+    # Expired, released, committed to another order or unknown: the stock is not there.
+    return Refused(CancelReason.RESERVATION_NOT_COMMITTABLE, _problem(response))
+
+
+async def release_stock(participants: Participants, order: SagaOrder) -> Outcome:
+    """Release the reservation if it was never committed (so no late commit can land), then
+    the order's allocations if it was."""
+    released = await participants.call(
+        participants.inventory, "DELETE", f"/v1/reservations/{order.reservation_id}"
+    )
+    # 404/409: gone already, or committed (its allocations are released next).
+    if released.status_code not in (204, 404, 409):
+        return _failed(released)
+    reason = order.cancel_reason or "cancelled"
+    cancelled = await participants.call(
+        participants.inventory,
+        "POST",
+        f"/v1/orders/{order.order_id}/cancel",
+        body={"reason": reason[:100]},
+    )
+    if cancelled.status_code != 200:
+        return _failed(cancelled)
+    return Done()
+
+
+# -- step 2: the payment, created and authorized --
+
+
+async def authorize_payment(participants: Participants, order: SagaOrder) -> Outcome:
+    created = await participants.call(
+        participants.payments,
+        "POST",
+        "/v1/payments",
+        body={
+            "order_id": order.order_id,
+            "customer_id": order.customer_id,
+            "method": order.payment_method,
+            "amount": order.total,
+            "currency": order.currency,
+        },
+        idempotency_key=f"order:{order.order_id}:create-payment",
+    )
+    if created.status_code != 201:
+        if _transient(created):
+            return _failed(created)
+        return Refused(CancelReason.PAYMENT_REFUSED, _problem(created))
+    payment_id = str(created.json()["payment_id"])
+    # Sent again with the same key, the request reports (and drives) what is still pending:
+    # asking again is how a pending authorization is followed up.
+    answer = await participants.call(
+        participants.payments,
+        "POST",
+        f"/v1/payments/{payment_id}/authorize",
+        body={"payment_method_token": order.payment_token or ""},
+        idempotency_key=f"order:{order.order_id}:authorize-payment",
+    )
+    if _transient(answer):
+        return _failed(answer)
+    if answer.status_code not in (200, 202):
+        return Refused(CancelReason.PAYMENT_REFUSED, _problem(answer))
+    body: dict[str, Any] = answer.json()
+    outcome = body.get("outcome")
+    if outcome == "succeeded":
+        return Done({"payment_id": payment_id})
+    if outcome == "pending":
+        return Pending(f"payment {payment_id}: authorization pending")
+    reasons = [op.get("reason") for op in body.get("operations", []) if op.get("reason")]
+    return Refused(CancelReason.PAYMENT_DECLINED, ", ".join(reasons) or str(outcome))
+
+
+LIVE_PAYMENT = frozenset({"authorizing", "authorized", "reauthorizing"})
+"""Payment statuses that hold (or may soon hold) the customer's money."""
+
+
+async def void_payment(participants: Participants, order: SagaOrder) -> Outcome:
+    """Void every payment of the order that holds money; one asked while its authorization is
+    still under way is carried out by payments once it ends."""
+    listed = await participants.call(
+        participants.payments, "GET", f"/v1/payments?order_id={order.order_id}"
+    )
+    if listed.status_code != 200:
+        return _failed(listed)
+    for payment in listed.json()["payments"]:
+        if payment["status"] == "settled":
+            # Money was captured: a refund, which belongs to returns, not to this saga yet.
+            return Failed(f"payment {payment['payment_id']} is captured: it needs a refund")
+        if payment["status"] not in LIVE_PAYMENT:
+            continue
+        voided = await participants.call(
+            participants.payments,
+            "POST",
+            f"/v1/payments/{payment['payment_id']}/void",
+            idempotency_key=f"order:{order.order_id}:void:{payment['payment_id']}",
+        )
+        if voided.status_code not in (200, 202):
+            return _failed(voided)
+    return Done()
+
+
+STEPS: tuple[Step, ...] = (
+    Step("commit_reservation", OrderStatus.ALLOCATED, commit_reservation, release_stock),
+    Step("authorize_payment", OrderStatus.AUTHORIZED, authorize_payment, void_payment),
+)
+UNDO = "undo:"
+
+
+def step_named(name: str) -> tuple[int, Step, bool]:
+    """(index, step, whether it is the step's compensation) of a stored step name."""
+    compensating = name.startswith(UNDO)
+    bare = name.removeprefix(UNDO)
+    for index, step in enumerate(STEPS):
+        if step.name == bare:
+            return index, step, compensating
+    raise KeyError(name)
+
+
+def first_step() -> str:
+    return STEPS[0].name
+
+
+def next_forward(index: int) -> str | None:
+    return STEPS[index + 1].name if index + 1 < len(STEPS) else None
+
+
+def next_compensation(index: int) -> str | None:
+    return UNDO + STEPS[index - 1].name if index > 0 else None
+
+
+def compensation_from(step: str | None) -> str:
+    """Where compensation starts for an order at ``step`` (None: past the last step): the
+    step under way may have done its work, so it is undone too."""
+    if step is None:
+        return UNDO + STEPS[-1].name
+    index, _, compensating = step_named(step)
+    return step if compensating else UNDO + STEPS[index].name

@@ -1,0 +1,356 @@
+"""Use cases of the orders service, one transaction each: place an order, cancel it, and the
+saga's bookkeeping (claim the due steps, record their outcomes, cancel overdue orders).
+
+Every status change goes through ``change_status``: the transition table is checked, the
+version goes up by one, and the history row and the event are written in the same
+transaction as the change."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+
+from omnistock.contracts import orders as contract
+from omnistock.orders import SERVICE, domain, repository, saga
+from omnistock.orders.domain import CancelReason, OrderStatus, RetryPolicy
+from omnistock.platform.clock import Clock
+from omnistock.platform.outbox import OutboxMessage, add_to_outbox
+
+
+class NotFound(Exception):
+    def __init__(self, order_id: str) -> None:
+        super().__init__(f"no order {order_id}")
+        self.order_id = order_id
+
+
+class NotCancellable(Exception):
+    def __init__(self, order_id: str, status: str) -> None:
+        super().__init__(f"order {order_id} is {status}: too late to cancel")
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A saga step this worker holds until it records the outcome (or the lease lapses)."""
+
+    order: saga.SagaOrder
+    step: str
+    lease_id: str
+
+
+# -- intake --
+
+
+async def place_order(
+    conn: asyncpg.Connection, clock: Clock, order: dict[str, Any], confirm_within: timedelta
+) -> str:
+    """The order, its lines, its first history row and OrderPlaced: one transaction."""
+    now = clock.now()
+    order_id = str(uuid.uuid4())
+    total = sum(line["quantity"] * line["unit_price"] for line in order["lines"])
+    row = {
+        **order,
+        "order_id": uuid.UUID(order_id),
+        "reservation_id": uuid.UUID(order["reservation_id"]),
+        "total": total,
+        "step": saga.first_step(),
+        "placed_at": now,
+        "confirm_by": now + confirm_within,
+    }
+    await repository.insert_order(conn, row)
+    await repository.add_history(conn, order_id, 1, OrderStatus.PLACED, None, None, None, now)
+    event = contract.OrderPlaced(
+        order_id=order_id,
+        customer_id=order["customer_id"],
+        channel_id=order["channel_id"],
+        platform=order["platform"],
+        version=1,
+        status=OrderStatus.PLACED.value,
+        reservation_id=order["reservation_id"],
+        currency=order["currency"],
+        total=total,
+        lines=[
+            contract.OrderLine(x["sku"], x["quantity"], x["unit_price"]) for x in order["lines"]
+        ],
+        delivery=order["delivery"]["kind"],
+        payment_method=order["payment_method"],
+        loyalty_points=order["loyalty_points"],
+    )
+    await add_to_outbox(conn, SERVICE, [_message(event, order_id, 1)], clock)
+    return order_id
+
+
+def _message(payload: Any, order_id: str, version: int) -> OutboxMessage:
+    return OutboxMessage(payload, aggregate_id=order_id, aggregate_version=version)
+
+
+async def change_status(
+    conn: asyncpg.Connection,
+    clock: Clock,
+    row: asyncpg.Record | dict[str, Any],
+    target: OrderStatus,
+    *,
+    reason: str | None = None,
+    during: str | None = None,
+    **columns: Any,
+) -> dict[str, Any]:
+    """Move a locked order to ``target`` (its history row and event included); returns the
+    row as it is now, so that several moves can follow in one transaction."""
+    current = OrderStatus(row["status"])
+    domain.transition(current, target)
+    now = clock.now()
+    version = row["version"] + 1
+    order_id = row["order_id"]
+    await repository.update_order(
+        conn, order_id, status=target.value, version=version, updated_at=now, **columns
+    )
+    await repository.add_history(conn, order_id, version, target, current, reason, during, now)
+    event = contract.OrderStatusChanged(
+        order_id=order_id,
+        customer_id=row["customer_id"],
+        version=version,
+        status=target.value,
+        previous_status=current.value,
+        reason=reason,
+        step=during,
+    )
+    await add_to_outbox(conn, SERVICE, [_message(event, order_id, version)], clock)
+    return {**dict(row), **columns, "status": target.value, "version": version}
+
+
+async def start_compensation(
+    conn: asyncpg.Connection,
+    clock: Clock,
+    row: asyncpg.Record | dict[str, Any],
+    reason: CancelReason,
+    detail: str | None,
+) -> None:
+    """The order becomes ``cancelling``: the worker undoes its steps, then cancels it."""
+    now = clock.now()
+    await change_status(
+        conn,
+        clock,
+        row,
+        OrderStatus.CANCELLING,
+        reason=reason.value,
+        during=row["step"],
+        cancel_reason=reason.value,
+        cancel_detail=detail,
+        step=saga.compensation_from(row["step"]),
+        step_started_at=now,
+        step_attempts=0,
+        next_attempt_at=now,
+        last_error=None,
+    )
+
+
+async def cancel_order(
+    conn: asyncpg.Connection, clock: Clock, order_id: str, reason: CancelReason
+) -> None:
+    """A customer or staff cancels before shipment; cancelling again changes nothing."""
+    row = await repository.order(conn, order_id, for_update=True)
+    if row is None:
+        raise NotFound(order_id)
+    status = OrderStatus(row["status"])
+    if status in (OrderStatus.CANCELLING, OrderStatus.CANCELLED):
+        return
+    if status not in domain.CANCELLABLE:
+        raise NotCancellable(order_id, status.value)
+    await start_compensation(conn, clock, row, reason, None)
+
+
+# -- the saga's bookkeeping --
+
+
+async def claim_due(
+    conn: asyncpg.Connection, clock: Clock, lease: timedelta, limit: int
+) -> list[Claim]:
+    now = clock.now()
+    rows = await repository.claim_due(conn, now, now + lease, limit)
+    return [Claim(saga_order(row), row["step"], row["lease_id"]) for row in rows]
+
+
+def saga_order(row: asyncpg.Record) -> saga.SagaOrder:
+    return saga.SagaOrder(
+        order_id=row["order_id"],
+        customer_id=row["customer_id"],
+        reservation_id=row["reservation_id"],
+        payment_method=row["payment_method"],
+        payment_token=row["payment_token"],
+        total=row["total"],
+        currency=row["currency"],
+        cancel_reason=row["cancel_reason"],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Policies:
+    forward: RetryPolicy
+    compensation: RetryPolicy
+    payment_poll: timedelta
+
+
+async def record_outcome(
+    conn: asyncpg.Connection,
+    clock: Clock,
+    claim: Claim,
+    outcome: saga.Outcome,
+    policies: Policies,
+) -> None:
+    """What a step's call came to, recorded under the order's row lock (no lock was held
+    while the call ran)."""
+    row = await repository.order(conn, claim.order.order_id, for_update=True)
+    if row is None or row["lease_id"] != claim.lease_id:
+        return  # the lease lapsed and another worker took the step over: its answer counts
+    now = clock.now()
+    facts = outcome.facts if isinstance(outcome, saga.Done) else {}
+    released = {"lease_id": None, "leased_until": None, **facts}
+    if row["step"] != claim.step:
+        # Cancelled while the call ran: compensation (which covers this step) goes next.
+        await repository.update_order(conn, claim.order.order_id, **released, updated_at=now)
+        return
+    index, step, compensating = saga.step_named(claim.step)
+    policy = policies.compensation if compensating else policies.forward
+    if isinstance(outcome, saga.Done):
+        await _step_done(conn, clock, row, index, step, compensating, released)
+    elif isinstance(outcome, saga.Refused) and not compensating:
+        await repository.update_order(conn, claim.order.order_id, **released)
+        await start_compensation(conn, clock, row, outcome.reason, outcome.detail)
+    elif isinstance(outcome, saga.Pending):
+        await repository.update_order(
+            conn,
+            claim.order.order_id,
+            **released,
+            next_attempt_at=now + policies.payment_poll,
+            last_error=outcome.detail,
+            updated_at=now,
+        )
+    else:
+        attempts = row["step_attempts"] + 1
+        detail = outcome.detail if isinstance(outcome, saga.Failed | saga.Refused) else ""
+        if policy.gives_up(attempts):
+            await repository.update_order(conn, claim.order.order_id, **released)
+            await start_compensation(
+                conn, clock, row, CancelReason.STEP_FAILED, f"{claim.step}: {detail}"
+            )
+            return
+        await repository.update_order(
+            conn,
+            claim.order.order_id,
+            **released,
+            step_attempts=attempts,
+            next_attempt_at=now + policy.delay(attempts),
+            last_error=detail,
+            updated_at=now,
+        )
+
+
+async def _step_done(
+    conn: asyncpg.Connection,
+    clock: Clock,
+    row: asyncpg.Record,
+    index: int,
+    step: saga.Step,
+    compensating: bool,
+    released: dict[str, Any],
+) -> None:
+    now = clock.now()
+    following = saga.next_compensation(index) if compensating else saga.next_forward(index)
+    moved = {
+        **released,
+        "step": following,
+        "step_started_at": now if following else None,
+        "step_attempts": 0,
+        "next_attempt_at": now if following else None,
+        "last_error": None,
+    }
+    if compensating:
+        if following is not None:
+            await repository.update_order(conn, row["order_id"], **moved, updated_at=now)
+            return
+        await change_status(
+            conn,
+            clock,
+            row,
+            OrderStatus.CANCELLED,
+            reason=row["cancel_reason"],
+            payment_token=None,
+            **moved,
+        )
+        return
+    current = await change_status(conn, clock, row, step.reaches, during=step.name, **moved)
+    if following is None:
+        # The last step is through: confirmed. The PSP token is not needed any more.
+        await change_status(conn, clock, current, OrderStatus.CONFIRMED, payment_token=None)
+
+
+async def cancel_overdue(conn: asyncpg.Connection, clock: Clock, limit: int = 100) -> int:
+    """Orders not confirmed by their deadline cancel themselves (a periodic job)."""
+    order_ids = await repository.overdue(conn, clock.now(), limit)
+    for order_id in order_ids:
+        row = await repository.order(conn, order_id, for_update=True)
+        assert row is not None
+        await start_compensation(conn, clock, row, CancelReason.CONFIRMATION_TIMED_OUT, None)
+    return len(order_ids)
+
+
+# -- views --
+
+
+async def order_view(conn: asyncpg.Connection, order_id: str) -> dict[str, Any] | None:
+    row = await repository.order(conn, order_id)
+    if row is None:
+        return None
+    lines = await repository.lines(conn, order_id)
+    history = await repository.history(conn, order_id)
+    return {
+        "order_id": row["order_id"],
+        "customer_id": row["customer_id"],
+        "channel_id": row["channel_id"],
+        "platform": row["platform"],
+        "status": row["status"],
+        "version": row["version"],
+        "currency": row["currency"],
+        "total": row["total"],
+        "reservation_id": row["reservation_id"],
+        "delivery": row["delivery"],
+        "payment": {"method": row["payment_method"], "payment_id": row["payment_id"]},
+        "loyalty_points": row["loyalty_points"],
+        "lines": [dict(line) for line in lines],
+        "cancel_reason": row["cancel_reason"],
+        "cancel_detail": row["cancel_detail"],
+        "step": row["step"],
+        "placed_at": row["placed_at"].isoformat(),
+        "updated_at": row["updated_at"].isoformat(),
+        "history": [{**dict(h), "changed_at": h["changed_at"].isoformat()} for h in history],
+    }
+
+
+async def orders_of(conn: asyncpg.Connection, customer_id: str, limit: int) -> list[dict[str, Any]]:
+    rows = await repository.orders_of(conn, customer_id, limit)
+    return [{**dict(row), "placed_at": row["placed_at"].isoformat()} for row in rows]
+
+
+async def owner_of(conn: asyncpg.Connection, order_id: str) -> str | None:
+    owner: str | None = await conn.fetchval(
+        "SELECT customer_id FROM orders WHERE order_id = $1", uuid.UUID(order_id)
+    )
+    return owner
+
+
+async def stuck_orders(
+    conn: asyncpg.Connection, clock: Clock, older_than: timedelta, limit: int = 100
+) -> list[dict[str, Any]]:
+    rows = await repository.stuck(conn, clock.now() - older_than, limit)
+    return [
+        {
+            **dict(row),
+            "step_started_at": row["step_started_at"].isoformat(),
+            "next_attempt_at": row["next_attempt_at"].isoformat(),
+        }
+        for row in rows
+    ]

@@ -1,0 +1,635 @@
+"""The order saga end to end: inventory, pricing, payments and the PSP simulator as processes
+of their own, each on its own schema; orders in this process (so that one test can move its
+clock), talking to them over HTTP only. The service processes are shared by the module."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from omnistock.contracts import inventory, orders, payments, pricing
+from omnistock.orders.api import build_app
+from omnistock.orders.settings import OrdersSettings
+from omnistock.payments.psp import DEVELOPMENT_PSP_API_KEY
+from omnistock.platform import db, events, kafka
+from omnistock.platform.clock import ManualClock, SystemClock
+from omnistock.platform.settings import Settings
+from tests.integration.conftest import (
+    bearer,
+    create_service_schema,
+    drop_schema,
+    end_offsets,
+    free_port,
+    read_topic_to_end,
+    served,
+    stocked_channel,
+    unique,
+    wait_for,
+    wait_ready,
+)
+
+pytestmark = pytest.mark.integration
+
+STAFF = ["orders:write", "orders:read"]
+PRICE = 2_500  # minor units
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    inventory_url: str
+    pricing_url: str
+    payments_url: str
+    psp_url: str
+
+    def orders_settings(self, **changes: Any) -> OrdersSettings:
+        defaults: dict[str, Any] = {
+            "inventory_url": self.inventory_url,
+            "pricing_url": self.pricing_url,
+            "payments_url": self.payments_url,
+            "worker_interval_s": 0.05,
+            "payments_group": unique("orders-payment-decisions"),
+        }
+        return OrdersSettings(**{**defaults, **changes})
+
+
+@pytest.fixture(scope="module")
+async def stack(settings: Settings) -> AsyncIterator[Stack]:
+    topics = [*inventory.TOPICS, *pricing.TOPICS, *payments.TOPICS, *orders.TOPICS]
+    await asyncio.to_thread(kafka.ensure_topics, settings, topics)
+    schemas = {
+        name: await create_service_schema(settings, name, f"omnistock.{name}")
+        for name in ("inventory", "pricing", "payments")
+    }
+    ports = {name: free_port() for name in ("inventory", "pricing", "payments", "psp")}
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    env = {
+        **os.environ,
+        "OMNISTOCK_LOG_LEVEL": "WARNING",
+        "OMNISTOCK_PAYMENTS_PSP_URL": urls["psp"],
+        "OMNISTOCK_PAYMENTS_PSP_TIMEOUT_S": "2",
+        # `tok_async` authorizations stay pending for the whole module: an order waiting on
+        # one times out.
+        "OMNISTOCK_PSP_SIM_ASYNC_DECISION_MS": "600000",
+    }
+    command = [sys.executable, "-m", "omnistock.cli"]
+    started = [
+        await asyncio.to_thread(
+            subprocess.Popen,
+            [
+                *command,
+                "payments",
+                "psp-sim",
+                "--port",
+                str(ports["psp"]),
+                "--webhook-url",
+                f"{urls['payments']}/v1/psp/webhooks",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+    ]
+    for name, schema in schemas.items():
+        started.append(
+            await asyncio.to_thread(
+                subprocess.Popen,
+                [*command, "serve", name, "--port", str(ports[name]), "--schema", schema],
+                env=env,
+                stdout=subprocess.DEVNULL,
+            )
+        )
+    try:
+        await asyncio.gather(*(wait_ready(urls[name]) for name in schemas))
+        yield Stack(settings, urls["inventory"], urls["pricing"], urls["payments"], urls["psp"])
+    finally:
+        for process in started:
+            process.terminate()
+        for process in started:
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        for schema in schemas.values():
+            await drop_schema(settings, schema)
+
+
+@dataclass
+class Orders:
+    client: httpx.AsyncClient
+    pool: asyncpg.Pool
+    schema: str
+
+
+@asynccontextmanager
+async def orders_service(stack: Stack, **app: Any) -> AsyncIterator[Orders]:
+    settings = stack.settings
+    schema = await create_service_schema(settings, "orders", "omnistock.orders")
+    pool = await db.create_pool(settings.database_url, schema, min_size=1, max_size=2)
+    try:
+        async with served(
+            build_app(settings, schema=schema, **app), bearer(settings, "callcentre", STAFF)
+        ) as client:
+            yield Orders(client, pool, schema)
+    finally:
+        await pool.close()
+        await drop_schema(settings, schema)
+
+
+@pytest.fixture(scope="module")
+async def service(stack: Stack) -> AsyncIterator[Orders]:
+    """The orders service on the system clock, shared by the module's tests."""
+    async with orders_service(stack, clock=SystemClock(), own=stack.orders_settings()) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+async def inventory_client(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    scopes = ["inventory:admin", "inventory:write", "inventory:read", "inventory:reserve"]
+    headers = bearer(stack.settings, "web-storefront", scopes)
+    async with httpx.AsyncClient(base_url=stack.inventory_url, headers=headers) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+async def payments_client(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    headers = bearer(stack.settings, "finance", ["payments:read"])
+    async with httpx.AsyncClient(base_url=stack.payments_url, headers=headers) as client:
+        yield client
+
+
+@dataclass
+class Shop:
+    """A channel selling one SKU: 10 units in stock, priced in pricing."""
+
+    channel: str
+    sku: str
+    on_hand: int = 10
+
+
+@pytest.fixture
+async def shop(stack: Stack, inventory_client: httpx.AsyncClient) -> Shop:
+    sku = unique("SKU")
+    channel = await stocked_channel(inventory_client, sku, 10)
+    headers = bearer(stack.settings, "erp", ["pricing:admin", "pricing:write"])
+    async with httpx.AsyncClient(base_url=stack.pricing_url, headers=headers) as client:
+        listed = await client.put(
+            f"/v1/price-lists/{channel}", json={"currency": "PLN", "vat_rate_basis_points": 2300}
+        )
+        assert listed.status_code == 200, listed.text
+        priced = await client.post(
+            f"/v1/price-lists/{channel}/prices",
+            json={"prices": [{"sku": sku, "amount": PRICE}]},
+            headers={"Idempotency-Key": unique("k")},
+        )
+        assert priced.status_code == 200, priced.text
+    return Shop(channel, sku)
+
+
+async def checkout(
+    inventory_client: httpx.AsyncClient, shop: Shop, quantity: int, customer: str
+) -> str:
+    response = await inventory_client.post(
+        "/v1/reservations",
+        json={
+            "channel_id": shop.channel,
+            "lines": [{"sku": shop.sku, "quantity": quantity}],
+            "customer_id": customer,
+        },
+        headers={"Idempotency-Key": unique("k")},
+    )
+    assert response.status_code == 201, response.text
+    reservation_id: str = response.json()["reservation_id"]
+    return reservation_id
+
+
+def order_body(
+    shop: Shop,
+    reservation_id: str,
+    quantity: int = 2,
+    instrument: str = "tok_visa",
+    customer: str | None = None,
+    unit_price: int = PRICE,
+    method: str = "card",
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "channel_id": shop.channel,
+        "platform": "ios",
+        "currency": "PLN",
+        "reservation_id": reservation_id,
+        "lines": [{"sku": shop.sku, "quantity": quantity, "unit_price": unit_price}],
+        "delivery": {"kind": "locker", "collection_point_id": "locker-waw-17"},
+        "payment": {"method": method, "token": instrument},
+        "loyalty_points": 150,
+    }
+    if customer is not None:
+        body["customer_id"] = customer
+    return body
+
+
+def as_customer(stack: Stack, customer: str) -> dict[str, str]:
+    return bearer(stack.settings, customer, ["customer"])
+
+
+def keyed(headers: dict[str, str] | None = None) -> dict[str, str]:
+    return {**(headers or {}), "Idempotency-Key": unique("k")}
+
+
+async def stock(inventory_client: httpx.AsyncClient, shop: Shop) -> tuple[int, int, int]:
+    """(reserved, allocated, available in the channel)."""
+    locations = (await inventory_client.get(f"/v1/stock/{shop.sku}")).json()["locations"]
+    available = await inventory_client.get(
+        f"/v1/channels/{shop.channel}/availability", params={"skus": shop.sku}
+    )
+    return (
+        sum(x["reserved"] for x in locations),
+        sum(x["allocated"] for x in locations),
+        available.json()["available"][shop.sku],
+    )
+
+
+async def reaches(orders_: Orders, order_id: str, status: str, timeout_s: float = 30) -> Any:
+    async def read() -> Any:
+        body = (await orders_.client.get(f"/v1/orders/{order_id}")).json()
+        return body if body["status"] == status else None
+
+    return await wait_for(read, timeout_s, what=f"order {order_id} to be {status}")
+
+
+async def payments_of(payments_client: httpx.AsyncClient, order_id: str) -> list[Any]:
+    response = await payments_client.get("/v1/payments", params={"order_id": order_id})
+    assert response.status_code == 200, response.text
+    found: list[Any] = response.json()["payments"]
+    return found
+
+
+async def test_a_card_order_is_confirmed_with_its_stock_allocated_and_payment_authorized(
+    stack: Stack,
+    service: Orders,
+    shop: Shop,
+    inventory_client: httpx.AsyncClient,
+    payments_client: httpx.AsyncClient,
+) -> None:
+    start = await asyncio.to_thread(end_offsets, stack.settings, orders.ORDERS.name)
+    reservation = await checkout(inventory_client, shop, 2, "anna")
+    placed = await service.client.post(
+        "/v1/orders", json=order_body(shop, reservation, customer="anna"), headers=keyed()
+    )
+    assert placed.status_code == 201, placed.text
+    order = placed.json()
+    assert (order["status"], order["version"], order["total"]) == ("placed", 1, 2 * PRICE)
+    assert order["delivery"] == {"kind": "locker", "collection_point_id": "locker-waw-17"}
+
+    confirmed = await reaches(service, order["order_id"], "confirmed")
+    assert [h["status"] for h in confirmed["history"]] == [
+        "placed",
+        "allocated",
+        "authorized",
+        "confirmed",
+    ]
+    assert [h["version"] for h in confirmed["history"]] == [1, 2, 3, 4]
+    assert await stock(inventory_client, shop) == (0, 2, 8)
+    (payment,) = await payments_of(payments_client, order["order_id"])
+    assert (payment["status"], payment["authorized"], payment["customer_id"]) == (
+        "authorized",
+        2 * PRICE,
+        "anna",
+    )
+    assert confirmed["payment"]["payment_id"] == payment["payment_id"]
+
+    # One event per version, keyed by the order id, in order.
+    await wait_for(
+        lambda: service.pool.fetchval("SELECT NOT EXISTS (SELECT FROM outbox)"), 20, what="relay"
+    )
+    messages = await asyncio.to_thread(
+        read_topic_to_end, stack.settings, orders.ORDERS.name, 20.0, start
+    )
+    mine = [events.decode(m.value()) for m in messages if m.key() == order["order_id"].encode()]
+    assert [(e.aggregate_version, e.data.status) for e in mine if e] == [
+        (1, "placed"),
+        (2, "allocated"),
+        (3, "authorized"),
+        (4, "confirmed"),
+    ]
+
+
+async def test_a_declined_payment_cancels_the_order_and_frees_its_stock(
+    stack: Stack,
+    service: Orders,
+    shop: Shop,
+    inventory_client: httpx.AsyncClient,
+    payments_client: httpx.AsyncClient,
+) -> None:
+    reservation = await checkout(inventory_client, shop, 3, "bea")
+    placed = await service.client.post(
+        "/v1/orders",
+        json=order_body(shop, reservation, 3, instrument="tok_declined", customer="bea"),
+        headers=keyed(),
+    )
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["order_id"]
+
+    cancelled = await reaches(service, order_id, "cancelled")
+    assert cancelled["cancel_reason"] == "payment_declined"
+    assert [h["status"] for h in cancelled["history"]] == [
+        "placed",
+        "allocated",
+        "cancelling",
+        "cancelled",
+    ]
+    assert cancelled["history"][2]["reason"] == "payment_declined"
+    assert await stock(inventory_client, shop) == (0, 0, shop.on_hand)
+    (payment,) = await payments_of(payments_client, order_id)
+    assert payment["status"] == "declined"
+
+
+async def test_a_price_changed_beyond_the_tolerance_refuses_the_order_and_writes_nothing(
+    stack: Stack, service: Orders, shop: Shop, inventory_client: httpx.AsyncClient
+) -> None:
+    reservation = await checkout(inventory_client, shop, 1, "carl")
+    customer = as_customer(stack, "carl")
+    refused = await service.client.post(
+        "/v1/orders",
+        json=order_body(shop, reservation, 1, unit_price=PRICE - 100),
+        headers=keyed(customer),
+    )
+    assert refused.status_code == 409, refused.text
+    problem = refused.json()
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert problem["errors"] == [
+        {
+            "field": "lines[0].unit_price",
+            "sku": shop.sku,
+            "seen": PRICE - 100,
+            "current": PRICE,
+            "message": "price changed",
+        }
+    ]
+    assert (
+        await service.pool.fetchval("SELECT count(*) FROM orders WHERE customer_id = 'carl'") == 0
+    )
+    kept = "SELECT count(*) FROM idempotency_keys WHERE principal = 'carl'"
+    assert await service.pool.fetchval(kept) == 0  # corrected, the request may come again
+    assert await stock(inventory_client, shop) == (1, 0, shop.on_hand - 1)  # still held
+
+
+async def test_a_repeated_idempotency_key_returns_the_first_answer_and_places_one_order(
+    stack: Stack, service: Orders, shop: Shop, inventory_client: httpx.AsyncClient
+) -> None:
+    reservation = await checkout(inventory_client, shop, 1, "dora")
+    headers = keyed(as_customer(stack, "dora"))
+    body = order_body(shop, reservation, 1, method="try_before_you_buy", instrument="tok_tbyb")
+    first, second = await asyncio.gather(
+        service.client.post("/v1/orders", json=body, headers=headers),
+        service.client.post("/v1/orders", json=body, headers=headers),
+    )
+    third = await service.client.post("/v1/orders", json=body, headers=headers)
+    assert first.status_code == second.status_code == third.status_code == 201
+    assert first.json() == second.json() == third.json()
+    assert third.headers["Idempotent-Replayed"] == "true"
+    assert (
+        await service.pool.fetchval("SELECT count(*) FROM orders WHERE customer_id = 'dora'") == 1
+    )
+    await reaches(service, first.json()["order_id"], "confirmed")
+
+
+async def test_a_customer_sees_lists_and_cancels_only_its_own_orders(
+    stack: Stack, service: Orders, shop: Shop, inventory_client: httpx.AsyncClient
+) -> None:
+    reservation = await checkout(inventory_client, shop, 1, "erin")
+    erin, frank = as_customer(stack, "erin"), as_customer(stack, "frank")
+    for_someone_else = await service.client.post(
+        "/v1/orders", json=order_body(shop, reservation, 1, customer="frank"), headers=keyed(erin)
+    )
+    assert for_someone_else.status_code == 403, for_someone_else.text
+    placed = await service.client.post(
+        "/v1/orders", json=order_body(shop, reservation, 1), headers=keyed(erin)
+    )
+    assert placed.status_code == 201, placed.text
+    assert placed.json()["customer_id"] == "erin"
+    order_id = placed.json()["order_id"]
+
+    read = await service.client.get(f"/v1/orders/{order_id}", headers=frank)
+    cancel = await service.client.post(f"/v1/orders/{order_id}/cancel", headers=keyed(frank))
+    unknown = await service.client.get(f"/v1/orders/{uuid.uuid4()}", headers=erin)
+    assert (read.status_code, cancel.status_code, unknown.status_code) == (404, 404, 404)
+    # Someone else's order and no order at all look the same: ids cannot be probed.
+    assert read.json()["type"] == unknown.json()["type"] == "urn:omnistock:problem:not-found"
+    own = await service.client.get(f"/v1/orders/{order_id}", headers=erin)
+    assert own.status_code == 200
+    no_scope = bearer(stack.settings, "someone", ["inventory:read"])
+    assert (await service.client.get(f"/v1/orders/{order_id}", headers=no_scope)).status_code == 403
+    await reaches(service, order_id, "confirmed")
+
+    listed = await service.client.get("/v1/orders", headers=erin)
+    assert [o["order_id"] for o in listed.json()["orders"]] == [order_id]
+    assert (await service.client.get("/v1/orders", headers=frank)).json()["orders"] == []
+    peeking = await service.client.get("/v1/orders", params={"customer_id": "erin"}, headers=frank)
+    assert peeking.status_code == 403, peeking.text
+    by_staff = await service.client.get("/v1/orders", params={"customer_id": "erin"})
+    assert [(o["order_id"], o["status"]) for o in by_staff.json()["orders"]] == [
+        (order_id, "confirmed")
+    ]
+
+
+async def test_cancelling_a_confirmed_order_frees_its_stock_and_voids_its_payment(
+    stack: Stack,
+    service: Orders,
+    shop: Shop,
+    inventory_client: httpx.AsyncClient,
+    payments_client: httpx.AsyncClient,
+) -> None:
+    reservation = await checkout(inventory_client, shop, 4, "gus")
+    gus = as_customer(stack, "gus")
+    placed = await service.client.post(
+        "/v1/orders",
+        json=order_body(shop, reservation, 4, method="pay_later", instrument="tok_klarna"),
+        headers=keyed(gus),
+    )
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["order_id"]
+    await reaches(service, order_id, "confirmed")
+    assert await stock(inventory_client, shop) == (0, 4, 6)
+
+    cancel_key = keyed(gus)
+    cancelling = await service.client.post(f"/v1/orders/{order_id}/cancel", headers=cancel_key)
+    assert cancelling.status_code == 200, cancelling.text
+    assert cancelling.json()["status"] == "cancelling"
+    cancelled = await reaches(service, order_id, "cancelled")
+    assert cancelled["cancel_reason"] == "cancelled_by_customer"
+    assert await stock(inventory_client, shop) == (0, 0, shop.on_hand)
+    (payment,) = await payments_of(payments_client, order_id)
+    assert (payment["method"], payment["status"]) == ("pay_later", "voided")
+
+    again = await service.client.post(f"/v1/orders/{order_id}/cancel", headers=keyed(gus))
+    assert (again.status_code, again.json()["status"]) == (200, "cancelled")
+    assert (
+        cancelled["version"] == 6
+    )  # placed, allocated, authorized, confirmed, cancelling, cancelled
+
+
+async def test_an_order_not_confirmed_in_time_cancels_itself_and_is_listed_as_stuck_until_then(
+    stack: Stack,
+    shop: Shop,
+    inventory_client: httpx.AsyncClient,
+    payments_client: httpx.AsyncClient,
+) -> None:
+    clock = ManualClock(SystemClock().now())
+    own = stack.orders_settings(confirm_within_s=600)
+    async with orders_service(stack, clock=clock, own=own) as running:
+        reservation = await checkout(inventory_client, shop, 1, "hana")
+        placed = await running.client.post(
+            "/v1/orders",
+            json=order_body(shop, reservation, 1, instrument="tok_async", customer="hana"),
+            headers=keyed(),
+        )
+        assert placed.status_code == 201, placed.text
+        order_id = placed.json()["order_id"]
+
+        async def waiting_for_the_payment() -> bool:
+            row = await running.pool.fetchrow(
+                "SELECT step, last_error FROM orders WHERE order_id = $1", uuid.UUID(order_id)
+            )
+            return bool(row["step"] == "authorize_payment" and row["last_error"])
+
+        await wait_for(waiting_for_the_payment, 30, what="the pending authorization")
+        listed = await asyncio.to_thread(
+            subprocess.run,
+            [
+                sys.executable,
+                "-m",
+                "omnistock.cli",
+                "orders",
+                "stuck",
+                "--older-than",
+                "0",
+                "--schema",
+                running.schema,
+            ],
+            capture_output=True,
+            check=True,
+            text=True,
+        )
+        assert f'"order_id":"{order_id}"' in listed.stdout
+        assert '"step":"authorize_payment"' in listed.stdout
+
+        clock.advance(timedelta(seconds=601))
+        cancelled = await reaches(running, order_id, "cancelled")
+        assert cancelled["cancel_reason"] == "confirmation_timed_out"
+        assert await stock(inventory_client, shop) == (0, 0, shop.on_hand)
+        (payment,) = await payments_of(payments_client, order_id)
+        assert payment["void_requested"] is not None  # carried out once the PSP decides
+
+
+async def test_a_pending_authorization_goes_on_as_soon_as_payments_announces_the_decision(
+    stack: Stack, shop: Shop, inventory_client: httpx.AsyncClient
+) -> None:
+    # The clock stands still: the order is never asked about again by the poll, only
+    # woken by the payment-authorized event on Kafka.
+    clock = ManualClock(SystemClock().now())
+    async with orders_service(stack, clock=clock, own=stack.orders_settings()) as running:
+        reservation = await checkout(inventory_client, shop, 1, "ida")
+        placed = await running.client.post(
+            "/v1/orders",
+            json=order_body(shop, reservation, 1, instrument="tok_async", customer="ida"),
+            headers=keyed(),
+        )
+        assert placed.status_code == 201, placed.text
+        order_id = placed.json()["order_id"]
+
+        async def pending() -> bool:
+            row = await running.pool.fetchrow(
+                "SELECT step, last_error FROM orders WHERE order_id = $1", uuid.UUID(order_id)
+            )
+            return bool(row["step"] == "authorize_payment" and row["last_error"])
+
+        await wait_for(pending, 30, what="the pending authorization")
+        psp = {"Authorization": f"Bearer {DEVELOPMENT_PSP_API_KEY}"}
+        async with httpx.AsyncClient(base_url=stack.psp_url, headers=psp) as client:
+            assert (await client.post("/sim/decide")).status_code == 200
+        confirmed = await reaches(running, order_id, "confirmed", 60)
+        assert confirmed["payment"]["payment_id"] is not None
+        assert await stock(inventory_client, shop) == (0, 1, shop.on_hand - 1)
+
+
+async def test_orders_that_do_not_match_their_reservation_or_are_malformed_are_4xx_naming_the_field(
+    stack: Stack, service: Orders, shop: Shop, inventory_client: httpx.AsyncClient
+) -> None:
+    reservation = await checkout(inventory_client, shop, 2, "jan")
+    jan = as_customer(stack, "jan")
+
+    async def refused(body: dict[str, Any], headers: dict[str, str]) -> tuple[int, list[Any]]:
+        response = await service.client.post("/v1/orders", json=body, headers=headers)
+        return response.status_code, [e["field"] for e in response.json().get("errors", [])]
+
+    assert await refused(order_body(shop, reservation, 3), keyed(jan)) == (
+        409,
+        ["lines[0].quantity"],
+    )
+    assert await refused(order_body(shop, str(uuid.uuid4()), 2), keyed(jan)) == (
+        422,
+        ["reservation_id"],
+    )
+    assert await refused(order_body(shop, reservation, 2), jan) == (
+        400,
+        ["header.Idempotency-Key"],
+    )
+    assert await refused(order_body(shop, reservation, 2), keyed()) == (422, ["customer_id"])
+    fractional = order_body(shop, reservation, 2)
+    fractional["lines"][0]["unit_price"] = 2500.5
+    assert await refused(fractional, keyed(jan)) == (422, ["lines[0].unit_price"])
+    assert await service.pool.fetchval("SELECT count(*) FROM orders WHERE customer_id = 'jan'") == 0
+    assert await stock(inventory_client, shop) == (2, 0, shop.on_hand - 2)
+
+    # One order per reservation: a second one would release the first one's stock.
+    first = await service.client.post(
+        "/v1/orders", json=order_body(shop, reservation, 2), headers=keyed(jan)
+    )
+    assert first.status_code == 201, first.text
+    # Refused by the database's unique key, or by inventory once the first order committed it.
+    assert await refused(order_body(shop, reservation, 2), keyed(jan)) == (409, ["reservation_id"])
+    await reaches(service, first.json()["order_id"], "confirmed")
+    assert await service.pool.fetchval("SELECT count(*) FROM orders WHERE customer_id = 'jan'") == 1
+
+
+async def test_a_participant_that_does_not_answer_fails_the_step_and_compensation_keeps_trying(
+    stack: Stack, shop: Shop, inventory_client: httpx.AsyncClient
+) -> None:
+    clock = ManualClock(SystemClock().now())
+    nobody = f"http://127.0.0.1:{free_port()}"  # payments down
+    own = stack.orders_settings(payments_url=nobody, max_attempts=1, step_timeout_s=1)
+    async with orders_service(stack, clock=clock, own=own) as running:
+        reservation = await checkout(inventory_client, shop, 1, "kai")
+        placed = await running.client.post(
+            "/v1/orders", json=order_body(shop, reservation, 1, customer="kai"), headers=keyed()
+        )
+        assert placed.status_code == 201, placed.text
+        order_id = placed.json()["order_id"]
+        cancelling = await reaches(running, order_id, "cancelling")
+        assert cancelling["cancel_reason"] == "step_failed"
+        assert cancelling["cancel_detail"].startswith("authorize_payment: ConnectError")
+
+        async def compensation_tried() -> bool:
+            row = await running.pool.fetchrow(
+                "SELECT step, step_attempts FROM orders WHERE order_id = $1", uuid.UUID(order_id)
+            )
+            return bool(row["step"] == "undo:authorize_payment" and row["step_attempts"] >= 1)
+
+        # Whether a payment holds money cannot be known while payments is down: the order
+        # waits in `cancelling`, its stock still allocated, and is retried, never given up.
+        await wait_for(compensation_tried, 20, what="a compensation attempt")
+        assert await stock(inventory_client, shop) == (0, 1, shop.on_hand - 1)
+        assert (await running.client.get(f"/v1/orders/{order_id}")).json()["status"] == (
+            "cancelling"
+        )
