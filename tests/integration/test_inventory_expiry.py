@@ -27,7 +27,8 @@ from tests.integration.conftest import (
     bearer,
     create_service_schema,
     drop_schema,
-    read_topic,
+    end_offsets,
+    read_topic_to_end,
     reserved_units,
     served,
     stocked_channel,
@@ -125,10 +126,10 @@ async def wait_expired(client: httpx.AsyncClient, reservation_id: str) -> None:
     await wait_for(expired, 5, what="the sweeper to expire the reservation")
 
 
-def released_events(settings: Settings, reservation_id: str) -> list[Any]:
+def released_events(settings: Settings, reservation_id: str, start: dict[int, int]) -> list[Any]:
     decoded = [
         events.decode(m.value())
-        for m in read_topic(settings, RESERVATIONS.name, 5)
+        for m in read_topic_to_end(settings, RESERVATIONS.name, 10, start)
         if m.key() == reservation_id.encode()
     ]
     return [e for e in decoded if e is not None and e.type.endswith("reservation-released.v1")]
@@ -138,6 +139,8 @@ async def test_the_running_sweeper_expires_a_reservation_once_its_ttl_has_passed
     settings: Settings, clock: ManualClock, schema: str, pool: asyncpg.Pool
 ) -> None:
     sku = unique("TTL")
+    # Only what this test publishes: the shared topic may hold much more.
+    start = await asyncio.to_thread(end_offsets, settings, RESERVATIONS.name)
     async with inventory(settings, clock, schema) as client:
         channel = await stocked_channel(client, sku, 5)
         reservation_id = await reserve(client, channel, sku, 3)
@@ -155,7 +158,7 @@ async def test_the_running_sweeper_expires_a_reservation_once_its_ttl_has_passed
         assert await published(pool, channel, sku) == 5
 
         async def released_as_expired() -> list[Any]:
-            return await asyncio.to_thread(released_events, settings, reservation_id)
+            return await asyncio.to_thread(released_events, settings, reservation_id, start)
 
         (released,) = await wait_for(released_as_expired, 20, what="ReservationReleased")
         assert released.data.reason == "expired"
