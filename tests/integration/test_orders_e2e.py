@@ -413,6 +413,13 @@ async def test_a_customer_sees_lists_and_cancels_only_its_own_orders(
         "/v1/orders", json=order_body(shop, reservation, 1, customer="frank"), headers=keyed(erin)
     )
     assert for_someone_else.status_code == 403, for_someone_else.text
+    # Frank holds erin's reservation id: to him it does not exist.
+    not_his = await service.client.post(
+        "/v1/orders", json=order_body(shop, reservation, 1), headers=keyed(frank)
+    )
+    assert not_his.status_code == 422, not_his.text
+    assert not_his.json()["errors"][0]["field"] == "reservation_id"
+    assert (await service.client.get("/v1/orders", headers=frank)).json()["orders"] == []
     placed = await service.client.post(
         "/v1/orders", json=order_body(shop, reservation, 1), headers=keyed(erin)
     )

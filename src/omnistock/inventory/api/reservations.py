@@ -105,6 +105,7 @@ async def get_reservation(
         "status": row["status"],
         "expires_at": row["expires_at"].isoformat(),
         "order_id": row["order_id"],
+        "customer_id": row["customer_id"],
         "lines": [dict(line) for line in lines],
     }
 

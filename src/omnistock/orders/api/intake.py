@@ -80,7 +80,7 @@ async def check_prices(participants: Participants, order: OrderIn, tolerance_bp:
         )
 
 
-async def check_reservation(participants: Participants, order: OrderIn) -> None:
+async def check_reservation(participants: Participants, order: OrderIn, customer_id: str) -> None:
     """The reservation exists, is still held, is for the order's channel and holds exactly
     the order's units (per SKU, whatever the locations)."""
     try:
@@ -100,6 +100,15 @@ async def check_reservation(participants: Participants, order: OrderIn) -> None:
     if response.status_code != 200:
         raise unavailable("inventory")
     reservation: dict[str, Any] = response.json()
+    if reservation.get("customer_id") not in (None, customer_id):
+        # Held for another customer: answered as an unknown one, so ids cannot be probed.
+        raise Problem(
+            422,
+            "Invalid request",
+            f"no reservation {order.reservation_id}",
+            type_="validation-error",
+            errors=[{"field": "reservation_id", "message": "unknown"}],
+        )
     if reservation["status"] != "active" or reservation["channel_id"] != order.channel_id:
         raise Problem(
             409,

@@ -91,7 +91,7 @@ async def place_order(
     )
     if stored is None:
         await intake.check_prices(state.participants, body, state.own.price_tolerance_bp)
-        await intake.check_reservation(state.participants, body)
+        await intake.check_reservation(state.participants, body, customer_id)
 
         async def effect(conn: asyncpg.Connection) -> tuple[int, Any]:
             order = {
