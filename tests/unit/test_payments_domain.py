@@ -255,7 +255,18 @@ class Model:
         if name == "capture":
             return [payment.request_capture(op_id, command[1], self.now)]
         if name == "refund":
-            refundable = [(ref, left) for ref, left in self.captures.items() if left]
+            # As the service counts it: what was captured, less refunds done or under way.
+            in_flight: dict[str, int] = {}
+            for op in self.pending:
+                if op.kind is OperationKind.REFUND and op.target_reference is not None:
+                    in_flight[op.target_reference] = (
+                        in_flight.get(op.target_reference, 0) + op.amount
+                    )
+            refundable = [
+                (ref, left - in_flight.get(ref, 0))
+                for ref, left in self.captures.items()
+                if left - in_flight.get(ref, 0)
+            ]
             op_ids = [f"{op_id}-{n}" for n in range(len(refundable))]
             return payment.request_refund(op_ids, command[1], refundable, self.now)
         if name == "void":
