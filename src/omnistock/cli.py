@@ -65,6 +65,8 @@ def migrate(
     schema: Annotated[str | None, typer.Option(help="apply into this schema instead")] = None,
 ) -> None:
     """Apply pending SQL migrations, one schema per service."""
+    from importlib import resources
+
     from omnistock.platform import db
     from omnistock.platform.migrations import migrate as run
     from omnistock.platform.migrations import migrations_for
@@ -73,6 +75,9 @@ def migrate(
     async def main() -> None:
         for name in _service_names(services):
             info = SERVICES[name]
+            if not resources.files(info.package).joinpath("migrations").is_dir():
+                console.print(f"{name}: no database")
+                continue
             target = schema or info.schema
             conn = await db.connect(get_settings().database_url, target)
             try:

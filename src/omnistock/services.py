@@ -50,5 +50,6 @@ SERVICES: dict[str, ServiceInfo] = {
         ServiceInfo("pricing", "omnistock.pricing", "omnistock.pricing.api:build_app"),
         ServiceInfo("payments", "omnistock.payments", "omnistock.payments.api:build_app"),
         ServiceInfo("orders", "omnistock.orders", "omnistock.orders.api:build_app"),
+        ServiceInfo("storefront", "omnistock.storefront", "omnistock.storefront.api:build_app"),
     ]
 }

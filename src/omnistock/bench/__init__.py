@@ -13,6 +13,7 @@ BENCHMARKS = {
     "codec": "omnistock.bench.codec",
     "reservations": "omnistock.bench.reservations",
     "pricing": "omnistock.bench.pricing",
+    "storefront": "omnistock.bench.storefront",
 }
 
 

@@ -211,8 +211,10 @@ def create_app(
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
     readiness: dict[str, ReadinessCheck] | None = None,
     version: str = "0.1.0",
+    app_class: type[FastAPI] = FastAPI,
 ) -> FastAPI:
-    """A service's FastAPI app. ``lifespan`` opens the service's pool, relay and consumers."""
+    """A service's FastAPI app. ``lifespan`` opens the service's pool, relay and consumers.
+    ``app_class`` lets a service answer some requests before FastAPI sees them."""
     checks = dict(readiness or {})
 
     @asynccontextmanager
@@ -223,7 +225,7 @@ def create_app(
         async with lifespan(app):
             yield
 
-    app = FastAPI(
+    app = app_class(
         title=f"omnistock {service}",
         version=version,
         lifespan=run,
