@@ -234,6 +234,10 @@ def create_app(
         redoc_url=None,
         # The spec is published by `omnistock openapi`, not served to anonymous callers.
         openapi_url=None,
+        # The platform makes one span per request itself (and Prometheus metrics); FastAPI's own
+        # spans per request and per dependency would double them at about a third of the CPU
+        # a request costs.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.service = service
     app.state.settings = settings
