@@ -303,7 +303,9 @@ def outbox_requeue(
 
 @app.command()
 def bench(
-    name: Annotated[str, typer.Argument(help="outbox | codec | reservations | pricing | storefront")],
+    name: Annotated[
+        str, typer.Argument(help="outbox | codec | reservations | pricing | storefront")
+    ],
     json: Annotated[
         bool, typer.Option("--json", help="print one JSON object as the last line")
     ] = False,
