@@ -39,6 +39,7 @@ SKUS = 10_000
 CLIENTS = 256
 PGBENCH_CLIENTS = 16
 FLASH_UNITS, FLASH_BUYERS = 500, 2000
+CHANNELS = ("bench-pl", "bench-cz", "bench-sk")
 
 
 def run(*, as_json: bool, seconds: float) -> None:
@@ -182,17 +183,21 @@ async def _drive(batcher: ReservationBatcher, pick_sku: Any, seconds: float) -> 
     """Lines reserved per second by CLIENTS concurrent clients for ``seconds``."""
     deadline = time.monotonic() + seconds
     granted = 0
+    run = uuid.uuid4().hex  # keys unique across phases, without a uuid4 per request
 
     async def client(n: int) -> None:
         nonlocal granted
         rng = random.Random(n)
+        principal = f"bench-{n}"
+        sent = 0
         while time.monotonic() < deadline:
             command = ReserveStock(
-                channel_id=rng.choice(("bench-pl", "bench-cz", "bench-sk")),
+                channel_id=rng.choice(CHANNELS),
                 lines=((pick_sku(rng), 1),),
-                client_id=f"bench-{n}",
+                client_id=principal,
             )
-            await batcher.submit(command, f"bench-{n}", str(uuid.uuid4()), "bench")
+            sent += 1
+            await batcher.submit(command, principal, f"{sent}-{run}", "bench")
             granted += 1
 
     started = time.monotonic()

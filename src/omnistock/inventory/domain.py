@@ -137,11 +137,17 @@ def merge_lines(lines: Iterable[tuple[str, int]]) -> dict[str, int]:
 
 
 def channel_available(sku: str, sources: Sequence[Source], levels: Levels, cap: int | None) -> int:
-    total = sum(
-        levels.get((sku, s.location_id), StockLevel(sku, s.location_id)).free(s.safety_stock)
-        for s in sources
-    )
+    total = sum(_free(levels, sku, s) for s in sources)
     return total if cap is None else min(cap, total)
+
+
+def _free(levels: Levels, sku: str, source: Source) -> int:
+    level = levels.get((sku, source.location_id))
+    return 0 if level is None else level.free(source.safety_stock)
+
+
+def _by_priority(source: Source) -> int:
+    return source.priority
 
 
 def plan_reservation(
@@ -160,33 +166,43 @@ def plan_reservation(
     priority); a line may draw on several locations. With ``all_or_nothing`` any shortfall
     plans nothing; otherwise each line is taken whole or not at all.
     """
-    ordered = sorted(sources, key=lambda s: s.priority)
-    shortfalls = tuple(
-        Shortfall(sku, quantity, available)
-        for sku, quantity in requested.items()
-        if quantity > (available := channel_available(sku, ordered, levels, cap))
-    )
-    short = {s.sku for s in shortfalls}
-    if shortfalls and all_or_nothing:
-        return Plan((), shortfalls)
-    wanted = {sku: qty for sku, qty in requested.items() if sku not in short}
-    return Plan(tuple(_picks(wanted, ordered, levels, pickup_location)), shortfalls)
+    ordered = sorted(sources, key=_by_priority)
+    # Free units per (sku, location), worked out once: the shortfall check and the choice of
+    # locations both need them, and a batch plans hundreds of reservations.
+    free: dict[tuple[str, str], int] = {}
+    shortfalls: list[Shortfall] = []
+    for sku, quantity in requested.items():
+        total = 0
+        for source in ordered:
+            units = free[(sku, source.location_id)] = _free(levels, sku, source)
+            total += units
+        available = total if cap is None else min(cap, total)
+        if quantity > available:
+            shortfalls.append(Shortfall(sku, quantity, available))
+    wanted = dict(requested)
+    if shortfalls:
+        if all_or_nothing:
+            return Plan((), tuple(shortfalls))
+        for shortfall in shortfalls:
+            del wanted[shortfall.sku]
+    return Plan(tuple(_picks(wanted, ordered, free, pickup_location)), tuple(shortfalls))
 
 
 def _picks(
-    wanted: dict[str, int], ordered: list[Source], levels: Levels, pickup_location: str | None
+    wanted: dict[str, int],
+    ordered: list[Source],
+    free: dict[tuple[str, str], int],
+    pickup_location: str | None,
 ) -> list[Pick]:
-    free = {
-        (sku, s.location_id): levels.get((sku, s.location_id), StockLevel(sku, s.location_id)).free(
-            s.safety_stock
-        )
-        for sku in wanted
-        for s in ordered
-    }
+    lines = sorted(wanted.items())
     preferred = [s for s in ordered if s.location_id == pickup_location]
-    for source in preferred + ordered:
-        if all(free[(sku, source.location_id)] >= qty for sku, qty in wanted.items()):
-            return [Pick(sku, source.location_id, qty) for sku, qty in sorted(wanted.items())]
+    for source in [*preferred, *ordered] if preferred else ordered:
+        location_id = source.location_id
+        for sku, qty in lines:
+            if free[(sku, location_id)] < qty:
+                break
+        else:
+            return [Pick(sku, location_id, qty) for sku, qty in lines]
     remaining = dict(wanted)
     chosen: list[Source] = []
     while any(remaining.values()):
@@ -201,7 +217,7 @@ def _picks(
         for sku, qty in remaining.items():
             remaining[sku] = qty - min(free[(sku, best.location_id)], qty)
     picks = []
-    for sku, qty in sorted(wanted.items()):
+    for sku, qty in lines:
         for source in chosen:
             take = min(qty, free[(sku, source.location_id)])
             if take:

@@ -174,8 +174,8 @@ async def apply_changes(
            inserted AS (
                INSERT INTO stock (sku, location_id, on_hand, reserved, allocated, version)
                SELECT sku, loc, oh, rs, al, 1 FROM c
-               WHERE NOT EXISTS (
-                   SELECT 1 FROM stock s WHERE s.sku = c.sku AND s.location_id = c.loc)
+               WHERE NOT EXISTS (  -- not updated: missing (its SKU is locked)
+                   SELECT 1 FROM updated u WHERE u.sku = c.sku AND u.location_id = c.loc)
                RETURNING sku, location_id, on_hand)
            SELECT * FROM updated UNION ALL SELECT * FROM inserted""",
         [c.sku for c in changes],

@@ -339,7 +339,9 @@ async def extend(
         clock,
     )
     picks = [Pick(line["sku"], line["location_id"], line["quantity"]) for line in lines]
-    return reservation_view(reservation_id, row["channel_id"], "active", expires_at, picks)
+    return reservation_view(
+        reservation_id, row["channel_id"], "active", expires_at.isoformat(), picks
+    )
 
 
 async def release(
