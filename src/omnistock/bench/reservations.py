@@ -32,6 +32,7 @@ from omnistock.inventory.api.schemas import InventorySettings
 from omnistock.inventory.reserving import OutOfStock, ReservationBatcher, ReserveStock
 from omnistock.platform import db
 from omnistock.platform.clock import SystemClock
+from omnistock.platform.runtime import settle_memory
 from omnistock.platform.settings import Settings, get_settings
 
 SCHEMA = "bench_inventory"
@@ -81,6 +82,7 @@ async def _run(settings: Settings, seconds: float) -> dict[str, Any]:
             pool, SystemClock(), own.reservation_batch_workers, own.reservation_batch_max
         )
         batcher.start()
+        settle_memory()  # as the service's runtime does once started
         console.print(f"[bold]spread[/bold]: {CLIENTS} clients over {SKUS:,} SKUs")
         spread = await _drive(batcher, lambda rng: f"SKU-{rng.randrange(SKUS):05d}", seconds)
         oversold = await _oversold(pool)

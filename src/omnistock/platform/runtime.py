@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,6 +22,14 @@ from omnistock.platform.settings import Settings
 log = structlog.get_logger(__name__)
 
 BackgroundJob = Callable[["ServiceRuntime", asyncio.Event], Awaitable[None]]
+
+
+def settle_memory() -> None:
+    """Once a process has loaded its code and connections: what exists now lives as long as the
+    process, so the garbage collector stops walking it. Full collections otherwise walk every
+    module and class again and stall the event loop for tens of milliseconds each."""
+    gc.collect()
+    gc.freeze()
 
 
 def periodic(
@@ -92,6 +101,7 @@ class ServiceRuntime:
         self._spawn(self._housekeeping(self._stop), "housekeeping")
         for job in self._jobs:
             self._spawn(job(self, self._stop), getattr(job, "__name__", "job"))
+        settle_memory()
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
         """Forget processed event ids once Kafka can no longer redeliver their events, and
