@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ TRANSIENT = (
 
 
 PARALLEL_FROM = 500
+# Offsets of applied batches go to the broker at most this often (redelivery absorbs the rest).
+COMMIT_INTERVAL_S = 0.2
 """Batches of at least this many events are applied a partition at a time, concurrently."""
 
 
@@ -88,6 +91,7 @@ class EventConsumer:
         # The revoke callback reads _applied from the polling thread while batches add to it.
         self._applied_lock = threading.Lock()
         self._inbox_group_id: int | None = None
+        self._last_commit = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         if not await self._resolve_group_id(stop):
@@ -131,10 +135,15 @@ class EventConsumer:
         # consume(n, timeout) waits until it has n messages or the timeout passes, which at a
         # low rate adds the whole timeout to every event's latency. Wait for the first message
         # only, then take what has already been fetched.
-        with self._applied_lock:
-            unsent = [TopicPartition(t, p, o) for (t, p), o in self._unsent.items()]
-            self._unsent.clear()
+        # At most one commit per interval: each is a request to the group coordinator, and a
+        # queue of them holds back the heartbeats behind it until the session times out.
+        unsent: list[TopicPartition] = []
+        if time.monotonic() - self._last_commit >= COMMIT_INTERVAL_S:
+            with self._applied_lock:
+                unsent = [TopicPartition(t, p, o) for (t, p), o in self._unsent.items()]
+                self._unsent.clear()
         if unsent:
+            self._last_commit = time.monotonic()
             try:
                 consumer.commit(offsets=unsent, asynchronous=True)
             except KafkaException as exc:  # a lost commit only means redelivery
