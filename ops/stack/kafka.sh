@@ -77,6 +77,11 @@ num.partitions=6
 default.replication.factor=1
 min.insync.replicas=1
 offsets.topic.replication.factor=1
+# One partition each for the internal topics of a one-broker stack: created and loaded at once,
+# where the default 50 kept a fresh broker's first idempotent producers waiting on
+# "coordinator load in progress" for tens of seconds.
+offsets.topic.num.partitions=1
+transaction.state.log.num.partitions=1
 transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
