@@ -41,7 +41,22 @@ def settings() -> Settings:
         pytest.fail(
             f"Kafka at {settings.kafka_bootstrap} does not answer ({exc}); run `omnistock stack up`"
         )
+    _warm_up_idempotent_producers(settings)
     return settings
+
+
+def _warm_up_idempotent_producers(settings: Settings, timeout_s: float = 120) -> None:
+    """A fresh broker answers before it can hand out producer ids: the first idempotent
+    producers wait ("coordinator load in progress") for tens of seconds on a busy machine.
+    One acknowledged message before the tests start keeps that wait out of their deadlines."""
+    topic = "omnistock.test.warm-up"
+    kafka.ensure_topics(settings, [kafka.TopicSpec(topic, partitions=1, retention_ms=3_600_000)])
+    producer = kafka.create_producer(settings)
+    delivered: list[Any] = []
+    producer.produce(topic, value=b"warm-up", on_delivery=lambda e, _m: delivered.append(e))
+    producer.flush(timeout_s)
+    if delivered != [None]:
+        pytest.fail(f"Kafka did not acknowledge an idempotent producer's message: {delivered}")
 
 
 @dataclass
