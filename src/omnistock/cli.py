@@ -142,7 +142,7 @@ def serve(
     settings = get_settings()
     (name,) = _service_names([service])
     bind = host or settings.http_host
-    refusal = settings.refusal_to_serve(bind)
+    refusal = settings.refusal_to_serve(bind) or SERVICES[name].refusal_to_serve(bind)
     if refusal:
         console.print(f"[red]{refusal}")
         raise typer.Exit(2)

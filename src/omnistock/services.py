@@ -16,6 +16,8 @@ class ServiceInfo:
     package: str
     app_factory: str  # "module:function" building the FastAPI app
     subscriptions: str | None = None  # "module:function" returning its consumer subscriptions
+    # "module:function" taking the host to bind, answering why serving there is unsafe, if it is
+    serve_check: str | None = None
 
     @property
     def schema(self) -> str:
@@ -23,6 +25,12 @@ class ServiceInfo:
 
     def build_app(self, **kwargs: Any) -> Any:
         return _load(self.app_factory)(**kwargs)
+
+    def refusal_to_serve(self, host: str) -> str | None:
+        if self.serve_check is None:
+            return None
+        refusal: str | None = _load(self.serve_check)(host)
+        return refusal
 
     def load_subscriptions(self) -> list[Subscription]:
         if self.subscriptions is None:
@@ -48,7 +56,12 @@ SERVICES: dict[str, ServiceInfo] = {
         ),
         ServiceInfo("inventory", "omnistock.inventory", "omnistock.inventory.api:build_app"),
         ServiceInfo("pricing", "omnistock.pricing", "omnistock.pricing.api:build_app"),
-        ServiceInfo("payments", "omnistock.payments", "omnistock.payments.api:build_app"),
+        ServiceInfo(
+            "payments",
+            "omnistock.payments",
+            "omnistock.payments.api:build_app",
+            serve_check="omnistock.payments.api:refusal_to_serve",
+        ),
         ServiceInfo("orders", "omnistock.orders", "omnistock.orders.api:build_app"),
         ServiceInfo("storefront", "omnistock.storefront", "omnistock.storefront.api:build_app"),
     ]

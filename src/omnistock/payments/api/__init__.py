@@ -99,3 +99,8 @@ def _deliver_to_self(simulator: SimulatedPsp, app: Callable[[], FastAPI]) -> Bac
             await simulator.deliver_webhooks(post, stop)
 
     return deliver
+
+
+def refusal_to_serve(host: str) -> str | None:
+    """Checked by ``omnistock serve`` before it listens on ``host``."""
+    return PaymentsSettings().refusal_to_serve(host)

@@ -13,6 +13,7 @@ from omnistock.payments.domain import MAX_AMOUNT, Method
 from omnistock.payments.psp import DEVELOPMENT_PSP_API_KEY
 from omnistock.payments.service import Timing
 from omnistock.payments.signatures import DEVELOPMENT_WEBHOOK_SECRET
+from omnistock.platform.settings import LOOPBACK_HOSTS
 
 REFERENCE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 PaymentPath = Annotated[str, Path(pattern=r"^[0-9a-fA-F-]{36}$", description="a payment id")]
@@ -43,6 +44,24 @@ class PaymentsSettings(BaseSettings):
     retry_at_most_s: float = Field(default=3600, gt=0)
     scheduler_interval_s: float = Field(default=1.0, gt=0)
     recovery_interval_s: float = Field(default=1.0, gt=0)
+
+    def refusal_to_serve(self, host: str) -> str | None:
+        """Why serving beyond this machine would be unsafe: anyone who has read this source
+        knows the development webhook secret (and could forge the PSP's outcomes) and the
+        development PSP key."""
+        if host in LOOPBACK_HOSTS:
+            return None
+        if self.webhook_secret == DEVELOPMENT_WEBHOOK_SECRET or len(self.webhook_secret) < 32:
+            return (
+                f"refusing to serve on {host} with the development (or a short) webhook secret: "
+                "set OMNISTOCK_PAYMENTS_WEBHOOK_SECRET (32 bytes or more)"
+            )
+        if self.psp_url and self.psp_api_key == DEVELOPMENT_PSP_API_KEY:
+            return (
+                f"refusing to serve on {host} with the development PSP key: "
+                "set OMNISTOCK_PAYMENTS_PSP_API_KEY"
+            )
+        return None
 
     def timing(self) -> Timing:
         return Timing(
