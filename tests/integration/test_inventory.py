@@ -477,6 +477,12 @@ async def test_a_reservation_is_only_its_clients_and_customers_business(
             assert (await stranger.delete(f"/v1/reservations/{reservation}")).status_code == 404
     status = (await client.get(f"/v1/reservations/{reservation}")).json()["status"]
     assert status == "active"  # staff (inventory:admin) may look; nothing was released
+    # The order system (inventory:allocate) reads and releases it, staff scope or not.
+    orders = server.token("inventory:allocate", "inventory:reserve", subject="orders")
+    async with httpx.AsyncClient(base_url=server.base_url, headers=orders) as as_orders:
+        seen = await as_orders.get(f"/v1/reservations/{reservation}")
+        assert (seen.status_code, seen.json()["customer_id"]) == (200, "alice")
+        assert (await as_orders.delete(f"/v1/reservations/{reservation}")).status_code == 204
 
 
 async def test_input_past_what_the_database_holds_is_a_4xx_naming_the_field(

@@ -14,9 +14,10 @@ from omnistock.platform.auth import mint_token
 from omnistock.platform.settings import Settings
 
 SCOPES = [
-    "inventory:allocate",  # commit a reservation, cancel an order's allocations
+    # Commit a reservation and cancel an order's allocations; with it inventory also lets the
+    # order system read and release the reservations storefronts made for its orders.
+    "inventory:allocate",
     "inventory:reserve",
-    "inventory:admin",  # read and release reservations a storefront made for the order
     "pricing:read",
     "payments:write",
     "payments:read",

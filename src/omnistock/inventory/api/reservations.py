@@ -111,6 +111,8 @@ async def get_reservation(
 
 
 STAFF_SCOPE = "inventory:admin"
+# The order system commits reservations into orders: it may read and release them too.
+ORDERS_SCOPE = "inventory:allocate"
 
 
 def _customer_of(principal: Principal, named: str | None) -> str | None:
@@ -129,8 +131,8 @@ def _customer_of(principal: Principal, named: str | None) -> str | None:
 
 
 async def _check_owner(request: Request, principal: Principal, reservation_id: str) -> None:
-    """A reservation is the business of the client that made it, of its customer, and of
-    staff; to anyone else it does not exist (404, so ids cannot be probed)."""
+    """A reservation is the business of the client that made it, of its customer, of the order
+    system and of staff; to anyone else it does not exist (404, so ids cannot be probed)."""
     row = await in_transaction(
         request,
         lambda conn: conn.fetchrow(
@@ -140,6 +142,7 @@ async def _check_owner(request: Request, principal: Principal, reservation_id: s
     )
     owner = row is not None and (
         STAFF_SCOPE in principal.scopes
+        or (ORDERS_SCOPE in principal.scopes and not principal.is_customer)
         or row["client_id"] == principal.subject
         or (principal.is_customer and row["customer_id"] == principal.subject)
     )
