@@ -226,11 +226,12 @@ async def test_captures_in_parts_never_exceed_the_authorization_nor_refunds_the_
             10_000,
         )
         found = await current(client, payment)
+        # While the service (and so its relay) still runs: it stops with the block.
+        sent = await published(settings, pool, payment["payment_id"], start)
     pid = payment["payment_id"]
     assert (psp.captured(pid), psp.refunded(pid)) == (10_000, 10_000)
     versions = [h["version"] for h in found["history"]]
     assert versions == list(range(1, found["version"] + 1)), "every change has its version"
-    sent = await published(settings, pool, pid, start)
     assert [e.aggregate_version for e in sent] == versions
     assert [e.type.split(".")[2] for e in sent if "requested" not in e.type] == [
         "payment-created",
