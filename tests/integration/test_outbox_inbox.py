@@ -306,3 +306,48 @@ async def test_the_inbox_keeps_what_it_remembered_across_the_group_id_migration(
     finally:
         await conn.execute(f"DROP SCHEMA {schema} CASCADE")
         await conn.close()
+
+
+async def test_database_outages_do_not_count_towards_dead_lettering(sandbox: Sandbox) -> None:
+    from omnistock.contracts.demo import PingSent
+    from omnistock.platform.consumer import EventConsumer, Subscription
+    from omnistock.platform.outbox import OutboxRelay
+
+    assert sandbox.settings.consumer_max_attempts == 5
+    # Two failures of the handler's own among five outages: seven tries in all, yet below
+    # the five failures that would dead-letter the event.
+    script: list[Exception] = [
+        ValueError("the whole batch"),
+        OSError("database away"),
+        OSError("database away"),
+        ValueError("first"),
+        OSError("database away"),
+        OSError("database away"),
+        ValueError("second"),
+        OSError("database away"),
+    ]
+
+    async def flaky(conn: Any, batch: Any) -> None:
+        if script:
+            raise script.pop(0)
+        await service.apply_pings(conn, batch)
+
+    await send(sandbox, "zeta", 1)
+    stop = asyncio.Event()
+    consumer = EventConsumer(
+        sandbox.settings,
+        sandbox.pool,
+        Subscription(group=sandbox.group, topics=[sandbox.topic], handlers={PingSent.TYPE: flaky}),
+    )
+    tasks = [
+        asyncio.create_task(OutboxRelay(sandbox.settings, sandbox.schema).run(stop)),
+        asyncio.create_task(consumer.run(stop)),
+    ]
+    try:
+        await wait_count(sandbox, "SELECT count(*) FROM pongs", 1, timeout_s=60)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    assert script == []
+    parked = await asyncio.to_thread(read_topic, sandbox.settings, sandbox.dead_letter_topic, 2)
+    assert parked == []

@@ -295,9 +295,10 @@ class EventConsumer:
         """Apply each event alone; one that keeps failing is dead-lettered with the reason."""
         for item in batch:
             assert item.event is not None
-            attempt = 0
+            # Only the handler's own failures count towards dead-lettering: an outage of the
+            # database is waited out however long it lasts, and costs the event nothing.
+            failures = outages = 0
             while True:
-                attempt += 1
                 try:
                     async with self._pool.acquire() as conn, conn.transaction():
                         await self._apply(conn, [item.event])
@@ -305,16 +306,18 @@ class EventConsumer:
                 except TRANSIENT:
                     if stop.is_set():
                         return False
-                    await asyncio.sleep(min(0.05 * 2**attempt, 5.0))
+                    outages += 1
+                    await asyncio.sleep(min(0.05 * 2**outages, 5.0))
                 except Exception as exc:
-                    if attempt >= self._settings.consumer_max_attempts:
-                        reason = f"handler failed {attempt} times: {exc!r}\n" + "".join(
+                    failures += 1
+                    if failures >= self._settings.consumer_max_attempts:
+                        reason = f"handler failed {failures} times: {exc!r}\n" + "".join(
                             traceback.format_exception(exc, limit=-5)
                         )
                         if not await self._park(item.message, reason, stop):
                             return False
                         break
-                    await asyncio.sleep(0.05 * attempt)
+                    await asyncio.sleep(0.05 * failures)
         return True
 
     async def _park(self, message: Message, reason: str, stop: asyncio.Event) -> bool:
