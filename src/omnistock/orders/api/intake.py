@@ -89,19 +89,11 @@ async def check_reservation(participants: Participants, order: OrderIn, customer
         )
     except httpx.HTTPError:
         raise unavailable("inventory") from None
-    if response.status_code == 404:
-        raise Problem(
-            422,
-            "Invalid request",
-            f"no reservation {order.reservation_id}",
-            type_="validation-error",
-            errors=[{"field": "reservation_id", "message": "unknown"}],
-        )
-    if response.status_code != 200:
+    if response.status_code not in (200, 404):
         raise unavailable("inventory")
-    reservation: dict[str, Any] = response.json()
-    if reservation.get("customer_id") not in (None, customer_id):
-        # Held for another customer: answered as an unknown one, so ids cannot be probed.
+    reservation: dict[str, Any] | None = response.json() if response.status_code == 200 else None
+    # Unknown, or held for another customer: answered alike, so ids cannot be probed.
+    if reservation is None or reservation.get("customer_id") not in (None, customer_id):
         raise Problem(
             422,
             "Invalid request",
