@@ -83,7 +83,7 @@ async def create_payment(
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> FastJSONResponse:
     """Create the payment intent of an order; nothing is asked of the PSP yet."""
-    runtime, clock, _ = state_of(request)
+    _, clock, _ = state_of(request)
 
     async def work(conn: asyncpg.Connection) -> tuple[int, Any]:
         payment = await service.create_payment(
@@ -98,12 +98,7 @@ async def create_payment(
         )
         return 201, await payment_view(conn, payment.payment_id)
 
-    try:
-        return await idempotency.respond_once(
-            request, runtime.pool, principal.subject, idempotency_key, body, work
-        )
-    except REFUSALS as exc:
-        raise as_problem(exc) from None
+    return await respond_once(request, principal, idempotency_key, body, work)
 
 
 @router.post("/payments/{payment_id}/authorize")
@@ -200,18 +195,13 @@ async def set_trial_window(
 ) -> FastJSONResponse:
     """Try before you buy: hold the payment until ``ends_at`` (renewing the authorization as
     often as needed), then charge what is still uncaptured."""
-    runtime, clock, _ = state_of(request)
+    _, clock, _ = state_of(request)
 
     async def work(conn: asyncpg.Connection) -> tuple[int, Any]:
         await service.set_trial_window(conn, clock, timing_of(request), payment_id, body.ends_at)
         return 200, await payment_view(conn, payment_id)
 
-    try:
-        return await idempotency.respond_once(
-            request, runtime.pool, principal.subject, idempotency_key, body, work
-        )
-    except REFUSALS as exc:
-        raise as_problem(exc) from None
+    return await respond_once(request, principal, idempotency_key, body, work)
 
 
 @router.get("/payments/{payment_id}")
@@ -258,6 +248,23 @@ async def payments_of_order(
 
 
 # -- the three steps --
+
+
+async def respond_once(
+    request: Request,
+    principal: Principal,
+    key: str | None,
+    body: BaseModel,
+    work: Callable[[asyncpg.Connection], Awaitable[tuple[int, Any]]],
+) -> FastJSONResponse:
+    """``work`` once per Idempotency-Key; a refusal is a problem+json and stores nothing."""
+    runtime, _, _ = state_of(request)
+    try:
+        return await idempotency.respond_once(
+            request, runtime.pool, principal.subject, key, body, work
+        )
+    except REFUSALS as exc:
+        raise as_problem(exc) from None
 
 
 async def operate(
