@@ -202,14 +202,14 @@ async def test_events_with_the_same_key_arrive_in_order(sandbox: Sandbox, proces
 
 
 async def test_the_inbox_forgets_ids_only_after_their_retention(sandbox: Sandbox) -> None:
-    from omnistock.platform.runtime import prune_inbox
+    from omnistock.platform.runtime import prune_older_than
 
     await sandbox.pool.execute(
         """INSERT INTO inbox (group_id, event_id, processed_at)
            SELECT 1, gen_random_uuid(), now() - make_interval(days => d)
            FROM generate_series(1, 10) AS d"""
     )
-    assert await prune_inbox(sandbox.pool, retention_s=5.5 * 24 * 3600, batch=2) == 5
+    assert await prune_older_than(sandbox.pool, "inbox", 5.5 * 24 * 3600, batch=2) == 5
     kept = await sandbox.pool.fetchval("SELECT max(now() - processed_at) FROM inbox")
     assert kept.days == 5
     assert await count(sandbox, "SELECT count(*) FROM inbox") == 5

@@ -204,7 +204,3 @@ async def prune_older_than(
         deleted += count
         if count < batch:
             return deleted
-
-
-async def prune_inbox(pool: asyncpg.Pool, retention_s: float, batch: int = 10_000) -> int:
-    return await prune_older_than(pool, "inbox", retention_s, batch)
