@@ -259,11 +259,20 @@ async def served(app: FastAPI, headers: dict[str, str]) -> AsyncIterator[httpx.A
             yield client
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A port nothing listens on, never one handed out before in this process: the kernel may
+    offer a just-closed probe's port again, and two servers told the same port leave one
+    failing to bind while its URL reaches the other."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def serve(

@@ -112,6 +112,8 @@ async def stack(settings: Settings) -> AsyncIterator[Stack]:
         )
     try:
         await asyncio.gather(*(wait_ready(urls[name]) for name in schemas))
+        # Each answer came from the process meant to give it, not from another on its port.
+        assert all(process.poll() is None for process in started), "a service did not start"
         yield Stack(settings, urls["inventory"], urls["pricing"], urls["payments"], urls["psp"])
     finally:
         for process in started:
