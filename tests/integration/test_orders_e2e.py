@@ -61,6 +61,7 @@ class Stack:
             "payments_url": self.payments_url,
             "worker_interval_s": 0.05,
             "payments_group": unique("orders-payment-decisions"),
+            "fulfilment_group": unique("orders-fulfilment"),
         }
         return OrdersSettings(**{**defaults, **changes})
 
@@ -200,13 +201,19 @@ async def shop(stack: Stack, inventory_client: httpx.AsyncClient) -> Shop:
 
 
 async def checkout(
-    inventory_client: httpx.AsyncClient, shop: Shop, quantity: int, customer: str
+    inventory_client: httpx.AsyncClient,
+    shop: Shop,
+    quantity: int,
+    customer: str,
+    more: dict[str, int] | None = None,
 ) -> str:
+    """A checkout reservation of ``quantity`` of the shop's SKU and ``more`` (SKU: units)."""
+    units = {shop.sku: quantity, **(more or {})} if quantity else dict(more or {})
     response = await inventory_client.post(
         "/v1/reservations",
         json={
             "channel_id": shop.channel,
-            "lines": [{"sku": shop.sku, "quantity": quantity}],
+            "lines": [{"sku": sku, "quantity": n} for sku, n in units.items()],
             "customer_id": customer,
         },
         headers={"Idempotency-Key": unique("k")},
@@ -642,3 +649,281 @@ async def test_a_participant_that_does_not_answer_fails_the_step_and_compensatio
         assert (await running.client.get(f"/v1/orders/{order_id}")).json()["status"] == (
             "cancelling"
         )
+
+
+# -- after confirmation: shipment, delivery or collection, trial, settlement, returns --
+
+FULFIL = ["orders:fulfil"]
+HOME = {
+    "kind": "home",
+    "address": {
+        "name": "Ola Nowak",
+        "street": "Prosta 1",
+        "city": "Warszawa",
+        "postal_code": "00-001",
+        "country": "PL",
+    },
+}
+
+
+async def more_skus(
+    stack: Stack, inventory_client: httpx.AsyncClient, shop: Shop, prices: list[int]
+) -> list[str]:
+    """SKUs stocked (10 each) at the shop's warehouse and priced in its channel."""
+    location = (await inventory_client.get(f"/v1/stock/{shop.sku}")).json()["locations"][0]
+    skus = [unique("SKU") for _ in prices]
+    for sku in skus:
+        stocked = await inventory_client.put(
+            f"/v1/stock/{location['location_id']}/{sku}",
+            json={"on_hand": 10, "source": "wms", "sequence": 1},
+        )
+        assert stocked.status_code == 200, stocked.text
+    headers = bearer(stack.settings, "erp", ["pricing:write"])
+    async with httpx.AsyncClient(base_url=stack.pricing_url, headers=headers) as client:
+        priced = await client.post(
+            f"/v1/price-lists/{shop.channel}/prices",
+            json={"prices": [{"sku": s, "amount": p} for s, p in zip(skus, prices, strict=True)]},
+            headers={"Idempotency-Key": unique("k")},
+        )
+        assert priced.status_code == 200, priced.text
+    return skus
+
+
+async def ship_everything(stack: Stack, order: dict[str, Any], parcels: int = 1) -> list[str]:
+    """The warehouse ships the order's allocations at inventory, spread over ``parcels``."""
+    headers = bearer(stack.settings, "wms", ["inventory:fulfil"])
+    shipment_ids = [unique("parcel") for _ in range(parcels)]
+    async with httpx.AsyncClient(base_url=stack.inventory_url, headers=headers) as client:
+        for number, allocation in enumerate(order["allocations"]):
+            shipped = await client.post(
+                f"/v1/orders/{order['order_id']}/allocations/{allocation['allocation_id']}/ship",
+                json={"shipment_id": shipment_ids[number % parcels]},
+            )
+            assert shipped.status_code == 200, shipped.text
+    return shipment_ids
+
+
+async def on_hand(inventory_client: httpx.AsyncClient, sku: str) -> int:
+    locations = (await inventory_client.get(f"/v1/stock/{sku}")).json()["locations"]
+    return sum(x["on_hand"] for x in locations)
+
+
+async def settled(payments_client: httpx.AsyncClient, order_id: str) -> dict[str, Any]:
+    (payment,) = await payments_of(payments_client, order_id)
+    return payment
+
+
+async def test_a_card_order_goes_from_placed_to_completed_and_a_return_is_restocked_and_refunded(
+    stack: Stack,
+    service: Orders,
+    shop: Shop,
+    inventory_client: httpx.AsyncClient,
+    payments_client: httpx.AsyncClient,
+) -> None:
+    (second,) = await more_skus(stack, inventory_client, shop, [4_000])
+    ola = as_customer(stack, "ola")
+    reservation = await checkout(inventory_client, shop, 2, "ola", {second: 1})
+    body = order_body(shop, reservation)
+    body["lines"].append({"sku": second, "quantity": 1, "unit_price": 4_000})
+    body["delivery"] = HOME
+    placed = await service.client.post("/v1/orders", json=body, headers=keyed(ola))
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["order_id"]
+    total = 2 * PRICE + 4_000
+    confirmed = await reaches(service, order_id, "confirmed")
+    assert sorted((a["sku"], a["quantity"]) for a in confirmed["allocations"]) == sorted(
+        [(shop.sku, 2), (second, 1)]
+    )
+
+    # Two parcels; the order is shipped once both have left, delivered once both arrived.
+    first_parcel, second_parcel = await ship_everything(stack, confirmed, parcels=2)
+    shipped = await reaches(service, order_id, "shipped")
+    assert {s["shipment_id"] for s in shipped["shipments"]} == {first_parcel, second_parcel}
+    assert await on_hand(inventory_client, shop.sku) == shop.on_hand - 2
+    carrier = bearer(stack.settings, "carrier", FULFIL)
+    path = f"/v1/orders/{order_id}/shipments"
+    one = await service.client.post(f"{path}/{first_parcel}/delivered", headers=keyed(carrier))
+    assert (one.status_code, one.json()["status"]) == (200, "shipped")
+    unknown = await service.client.post(f"{path}/nope/delivered", headers=keyed(carrier))
+    assert unknown.status_code == 404, unknown.text
+    two = await service.client.post(f"{path}/{second_parcel}/delivered", headers=keyed(carrier))
+    assert two.status_code == 200, two.text
+    completed = await reaches(service, order_id, "completed")
+    statuses = [h["status"] for h in completed["history"] if h["previous_status"] != h["status"]]
+    assert statuses == [
+        "placed",
+        "allocated",
+        "authorized",
+        "confirmed",
+        "shipped",
+        "delivered",
+        "completed",
+    ]
+    assert [h["version"] for h in completed["history"]] == list(range(1, completed["version"] + 1))
+    payment = await settled(payments_client, order_id)
+    assert (payment["status"], payment["captured"], payment["refunded"]) == (
+        "settled",
+        total,
+        0,
+    )
+
+    # A customer token cannot report a delivery; the fulfilment scope is needed.
+    assert (
+        await service.client.post(f"{path}/{first_parcel}/delivered", headers=keyed(ola))
+    ).status_code == 403
+
+    # Return one unit of the first line: refunded at the price paid, restocked where received.
+    too_many = await service.client.post(
+        f"/v1/orders/{order_id}/returns",
+        json={"lines": [{"sku": shop.sku, "quantity": 3}]},
+        headers=keyed(ola),
+    )
+    assert too_many.status_code == 409, too_many.text
+    assert too_many.json()["errors"][0]["field"] == f"lines.{shop.sku}.quantity"
+    asked = await service.client.post(
+        f"/v1/orders/{order_id}/returns",
+        json={"lines": [{"sku": shop.sku, "quantity": 1}], "reason": "too small"},
+        headers=keyed(ola),
+    )
+    assert asked.status_code == 201, asked.text
+    assert (asked.json()["refund_amount"], asked.json()["status"]) == (PRICE, "requested")
+    return_id = asked.json()["return_id"]
+    location = confirmed["allocations"][0]["location_id"]
+    desk = keyed(bearer(stack.settings, "returns-desk", FULFIL))
+    received = await service.client.post(
+        f"/v1/orders/{order_id}/returns/{return_id}/receive",
+        json={"location_id": location, "sellable": True},
+        headers=desk,
+    )
+    assert received.status_code == 200, received.text
+    again = await service.client.post(
+        f"/v1/orders/{order_id}/returns/{return_id}/receive",
+        json={"location_id": location, "sellable": True},
+        headers=desk,
+    )
+    assert again.headers.get("Idempotent-Replayed") == "true"
+
+    async def refunded() -> Any:
+        view = (await service.client.get(f"/v1/orders/{order_id}")).json()
+        return view if view["returns"][0]["status"] == "settled" else None
+
+    await wait_for(refunded, 30, what="the return to be settled")
+    payment = await settled(payments_client, order_id)
+    assert (payment["captured"], payment["refunded"]) == (total, PRICE)
+    assert await on_hand(inventory_client, shop.sku) == shop.on_hand - 1
+    history = await service.client.get(f"/v1/orders/{order_id}/history", headers=ola)
+    assert [h["reason"] for h in history.json()["history"]][-3:] == [
+        "return_requested",
+        "return_received",
+        "return_settled",
+    ]
+
+
+async def test_try_before_you_buy_with_two_of_three_lines_sent_back_captures_only_the_kept_line(
+    stack: Stack,
+    service: Orders,
+    shop: Shop,
+    inventory_client: httpx.AsyncClient,
+    payments_client: httpx.AsyncClient,
+) -> None:
+    kept_sku, *sent_back = await more_skus(stack, inventory_client, shop, [3_000, 5_000, 7_000])
+    prices = dict(zip([kept_sku, *sent_back], [3_000, 5_000, 7_000], strict=True))
+    pia = as_customer(stack, "pia")
+    reservation = await checkout(inventory_client, shop, 0, "pia", dict.fromkeys(prices, 1))
+    body = order_body(shop, reservation, method="try_before_you_buy", instrument="tok_tbyb")
+    body["lines"] = [{"sku": s, "quantity": 1, "unit_price": p} for s, p in prices.items()]
+    placed = await service.client.post("/v1/orders", json=body, headers=keyed(pia))
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["order_id"]
+    confirmed = await reaches(service, order_id, "confirmed")
+    await ship_everything(stack, confirmed)
+    await reaches(service, order_id, "shipped")
+
+    store = bearer(stack.settings, "locker-network", FULFIL)
+    ready = await service.client.post(
+        f"/v1/orders/{order_id}/ready-for-pickup", json={}, headers=keyed(store)
+    )
+    assert ready.status_code == 200, ready.text
+    code = ready.json()["pickup_code"]
+    assert (ready.json()["status"], len(code)) == ("ready_for_pickup", 8)
+    wrong = await service.client.post(
+        f"/v1/orders/{order_id}/collect", json={"pickup_code": "00000000"}, headers=keyed(store)
+    )
+    assert wrong.status_code == 409
+    assert wrong.json()["errors"][0]["field"] == "pickup_code"
+    collected = await service.client.post(
+        f"/v1/orders/{order_id}/collect", json={"pickup_code": code}, headers=keyed(store)
+    )
+    assert collected.status_code == 200, collected.text
+    in_trial = collected.json()
+    assert in_trial["status"] == "in_trial"
+    assert in_trial["trial_ends_at"]
+
+    async def window_opened() -> Any:
+        payment = await settled(payments_client, order_id)
+        return payment if payment["trial_ends_at"] else None
+
+    payment = await wait_for(window_opened, 30, what="payments to hold for the trial")
+    assert payment["trial_ends_at"][:16] == in_trial["trial_ends_at"][:16]
+
+    # Another customer cannot answer the trial; an unknown line is named.
+    other = await service.client.post(
+        f"/v1/orders/{order_id}/trial-decisions",
+        json={"lines": [{"sku": kept_sku, "decision": "keep"}]},
+        headers=keyed(as_customer(stack, "mallory")),
+    )
+    assert other.status_code == 404, other.text
+    unknown = await service.client.post(
+        f"/v1/orders/{order_id}/trial-decisions",
+        json={"lines": [{"sku": "NOT-MINE", "decision": "keep"}]},
+        headers=keyed(pia),
+    )
+    assert (unknown.status_code, unknown.json()["errors"][0]["field"]) == (409, "lines.NOT-MINE")
+
+    back = await service.client.post(
+        f"/v1/orders/{order_id}/trial-decisions",
+        json={"lines": [{"sku": sku, "decision": "return"} for sku in sent_back]},
+        headers=keyed(pia),
+    )
+    assert back.status_code == 200, back.text
+    assert back.json()["status"] == "in_trial"  # one line is still undecided
+    changed_mind = await service.client.post(
+        f"/v1/orders/{order_id}/trial-decisions",
+        json={"lines": [{"sku": sent_back[0], "decision": "keep"}]},
+        headers=keyed(pia),
+    )
+    assert changed_mind.status_code == 409, changed_mind.text
+    keep = await service.client.post(
+        f"/v1/orders/{order_id}/trial-decisions",
+        json={"lines": [{"sku": kept_sku, "decision": "keep"}]},
+        headers=keyed(pia),
+    )
+    assert keep.status_code == 200, keep.text
+
+    completed = await reaches(service, order_id, "completed")
+    payment = await settled(payments_client, order_id)
+    assert (payment["captured"], payment["refunded"], payment["capturable"]) == (3_000, 0, 0)
+    assert {x["sku"]: x["decision"] for x in completed["lines"]} == {
+        kept_sku: "keep",
+        **dict.fromkeys(sent_back, "return"),
+    }
+
+    # The two lines come back to the warehouse: restocked, nothing refunded (never charged).
+    (trial_return,) = completed["returns"]
+    assert (trial_return["kind"], trial_return["refund_amount"]) == ("trial", 0)
+    location = confirmed["allocations"][0]["location_id"]
+    received = await service.client.post(
+        f"/v1/orders/{order_id}/returns/{trial_return['return_id']}/receive",
+        json={"location_id": location, "sellable": True},
+        headers=keyed(bearer(stack.settings, "returns-desk", FULFIL)),
+    )
+    assert received.status_code == 200, received.text
+
+    async def restocked() -> bool:
+        counts = [await on_hand(inventory_client, sku) for sku in sent_back]
+        return counts == [10, 10]
+
+    await wait_for(restocked, 30, what="the trial return to be restocked")
+    assert await on_hand(inventory_client, kept_sku) == 9
+    payment = await settled(payments_client, order_id)
+    assert (payment["captured"], payment["refunded"]) == (3_000, 0)

@@ -46,7 +46,7 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture
 async def clock(pool: asyncpg.Pool) -> ManualClock:
     # Every test starts from an empty table: claims see only the test's own orders.
-    await pool.execute("TRUNCATE order_history, order_lines, orders, outbox")
+    await pool.execute("TRUNCATE order_history, order_lines, orders, outbox CASCADE")
     return ManualClock(T0)
 
 

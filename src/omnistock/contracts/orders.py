@@ -26,7 +26,14 @@ PAYMENT_DECISIONS_DEAD_LETTERS = TopicSpec(
     partitions=1,
     description="Payments events the orders service could not read, with the reason.",
 )
-TOPICS = [ORDERS, PAYMENT_DECISIONS_DEAD_LETTERS]
+FULFILMENT_GROUP = "omnistock.orders.fulfilment"
+"""The orders service's consumer group on inventory's allocations topic (shipments)."""
+FULFILMENT_DEAD_LETTERS = TopicSpec(
+    dead_letter_topic(FULFILMENT_GROUP),
+    partitions=1,
+    description="Inventory allocation events the orders service could not read, with the reason.",
+)
+TOPICS = [ORDERS, PAYMENT_DECISIONS_DEAD_LETTERS, FULFILMENT_DEAD_LETTERS]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,3 +85,47 @@ class OrderStatusChanged:
     previous_status: str
     reason: str | None
     step: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemCount:
+    sku: str
+    quantity: int
+
+
+@event_type
+@dataclass(frozen=True, slots=True)
+class ShipmentUpdated:
+    """A parcel of the order left a location (``shipped``, with the units in it) or reached
+    the customer (``delivered``). An order may ship in several parcels."""
+
+    TYPE: ClassVar[str] = "omnistock.orders.shipment-updated.v1"
+    TOPIC: ClassVar[str] = ORDERS.name
+
+    order_id: str
+    customer_id: str
+    version: int
+    shipment_id: str
+    status: str
+    items: list[ItemCount]
+
+
+@event_type
+@dataclass(frozen=True, slots=True)
+class ReturnUpdated:
+    """Goods coming back: ``kind`` is ``trial`` (sent back from a try-before-you-buy trial,
+    never charged) or ``rma`` (after completion, refunded); ``status`` is ``requested``,
+    ``received`` (restocking and refund under way) or ``settled``. ``refund_amount`` in minor
+    units of the order's currency."""
+
+    TYPE: ClassVar[str] = "omnistock.orders.return-updated.v1"
+    TOPIC: ClassVar[str] = ORDERS.name
+
+    order_id: str
+    customer_id: str
+    version: int
+    return_id: str
+    kind: str
+    status: str
+    refund_amount: int
+    items: list[ItemCount]

@@ -1,7 +1,10 @@
-"""What the orders service reads from Kafka: the payments' decisions, which wake an order
-waiting on a pending authorization at once instead of at its next poll. The saga then asks
-payments again (under the same idempotency key) and takes the answer from there, so an event
-only ever brings a step forward in time; it never decides it."""
+"""What the orders service reads from Kafka.
+
+- The payments' decisions wake an order waiting on a pending authorization at once instead of
+  at its next poll. The saga then asks payments again (under the same idempotency key) and
+  takes the answer from there, so such an event only brings a step forward in time.
+- Inventory's shipped allocations: the warehouse or store shipped part of an order; once all
+  of it has left, the order is shipped. The inbox makes a redelivered event a no-op."""
 
 from __future__ import annotations
 
@@ -11,8 +14,9 @@ from typing import Any
 
 import asyncpg
 
+from omnistock.contracts.inventory import ALLOCATIONS, AllocationShipped
 from omnistock.contracts.payments import PAYMENTS, PaymentAuthorized, PaymentDeclined
-from omnistock.orders import repository
+from omnistock.orders import lifecycle, repository
 from omnistock.platform.clock import Clock
 from omnistock.platform.consumer import Handler, Subscription
 from omnistock.platform.events import Event
@@ -37,4 +41,27 @@ def subscription(clock: Clock, group: str) -> Subscription:
         group=group,
         topics=[PAYMENTS.name],
         handlers={PaymentAuthorized.TYPE: handler, PaymentDeclined.TYPE: handler},
+    )
+
+
+def allocation_shipped(clock: Clock) -> Handler:
+    async def handle(conn: asyncpg.Connection, batch: Sequence[Event[Any]]) -> None:
+        for event in batch:
+            shipped: AllocationShipped = event.data
+            try:
+                uuid.UUID(shipped.order_id)
+            except ValueError:
+                continue  # an order id that is not one of ours
+            await lifecycle.record_shipment(
+                conn, clock, shipped.order_id, shipped.allocation_id, shipped.shipment_id
+            )
+
+    return handle
+
+
+def fulfilment_subscription(clock: Clock, group: str) -> Subscription:
+    return Subscription(
+        group=group,
+        topics=[ALLOCATIONS.name],
+        handlers={AllocationShipped.TYPE: allocation_shipped(clock)},
     )

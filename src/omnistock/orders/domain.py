@@ -29,8 +29,9 @@ TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     S.PLACED: frozenset({S.ALLOCATED, S.CANCELLING}),
     S.ALLOCATED: frozenset({S.AUTHORIZED, S.CANCELLING}),
     S.AUTHORIZED: frozenset({S.CONFIRMED, S.CANCELLING}),
-    S.CONFIRMED: frozenset({S.SHIPPED, S.READY_FOR_PICKUP, S.CANCELLING}),
-    S.SHIPPED: frozenset({S.DELIVERED}),
+    S.CONFIRMED: frozenset({S.SHIPPED, S.CANCELLING}),
+    # A parcel for a store or locker ships there first, then waits to be collected.
+    S.SHIPPED: frozenset({S.DELIVERED, S.READY_FOR_PICKUP}),
     S.READY_FOR_PICKUP: frozenset({S.COLLECTED}),
     S.DELIVERED: frozenset({S.IN_TRIAL, S.COMPLETED}),
     S.COLLECTED: frozenset({S.IN_TRIAL, S.COMPLETED}),
@@ -70,6 +71,50 @@ class CancelReason(StrEnum):
     RESERVATION_NOT_COMMITTABLE = "reservation_not_committable"
     STEP_FAILED = "step_failed"
     CONFIRMATION_TIMED_OUT = "confirmation_timed_out"
+
+
+class Decision(StrEnum):
+    """What a try-before-you-buy customer does with a line during the trial."""
+
+    KEEP = "keep"
+    RETURN = "return"
+
+
+AFTER_DELIVERY = frozenset({S.DELIVERED, S.COLLECTED})
+RETURNABLE = frozenset({S.COMPLETED})
+"""A return (RMA) is for a completed order; during a trial the customer decides per line."""
+
+
+def market_of(channel_id: str) -> str:
+    """A channel is brand × market, named ``brand-market``."""
+    return channel_id.rsplit("-", 1)[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class Windows:
+    """How long a customer has: to decide in a trial (per market), to return after completion."""
+
+    trial_days: int
+    trial_days_by_market: dict[str, int]
+    return_within: timedelta
+
+    def trial(self, channel_id: str) -> timedelta:
+        market = market_of(channel_id)
+        return timedelta(days=self.trial_days_by_market.get(market, self.trial_days))
+
+
+@dataclass(frozen=True, slots=True)
+class LineValue:
+    sku: str
+    quantity: int
+    unit_price: int
+    decision: Decision | None
+
+
+def kept_value(lines: list[LineValue]) -> int:
+    """What the customer pays for: every line not sent back from a trial. A line with no
+    answer when the window closes is kept."""
+    return sum(x.quantity * x.unit_price for x in lines if x.decision is not Decision.RETURN)
 
 
 # -- the price check at intake --

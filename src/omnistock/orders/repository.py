@@ -14,7 +14,8 @@ ORDER_COLUMNS = """order_id::text AS order_id, customer_id, channel_id, platform
     reservation_id::text AS reservation_id, delivery, payment_method, payment_token,
     loyalty_points, status, version, cancel_reason, cancel_detail, step, step_started_at,
     step_attempts, next_attempt_at, lease_id::text AS lease_id, leased_until, last_error,
-    payment_id, confirm_by, placed_at, updated_at"""
+    payment_id, confirm_by, placed_at, updated_at, pickup_code, delivered_at, trial_ends_at,
+    completed_at"""
 
 UNCONFIRMED = [OrderStatus.PLACED, OrderStatus.ALLOCATED, OrderStatus.AUTHORIZED]
 
@@ -89,7 +90,7 @@ async def order(
 
 async def lines(conn: asyncpg.Connection, order_id: str) -> list[asyncpg.Record]:
     rows: list[asyncpg.Record] = await conn.fetch(
-        """SELECT sku, quantity, unit_price FROM order_lines WHERE order_id = $1
+        """SELECT sku, quantity, unit_price, decision FROM order_lines WHERE order_id = $1
            ORDER BY line_number""",
         uuid.UUID(order_id),
     )
@@ -185,3 +186,232 @@ async def wake(
         step,
         now,
     )
+
+
+# -- after confirmation --
+
+
+async def save_allocations(
+    conn: asyncpg.Connection, order_id: str, allocations: list[dict[str, Any]]
+) -> None:
+    """What inventory allocated; a row a shipment event created first keeps its shipment."""
+    await conn.executemany(
+        """INSERT INTO order_allocations (allocation_id, order_id, sku, location_id, quantity)
+           VALUES ($1, $2, $3, $4, $5)
+           ON CONFLICT (allocation_id) DO UPDATE
+           SET sku = EXCLUDED.sku, location_id = EXCLUDED.location_id,
+               quantity = EXCLUDED.quantity""",
+        [
+            (a["allocation_id"], uuid.UUID(order_id), a["sku"], a["location_id"], a["quantity"])
+            for a in allocations
+        ],
+    )
+
+
+async def ship_allocation(
+    conn: asyncpg.Connection, order_id: str, allocation_id: str, shipment_id: str, at: datetime
+) -> bool:
+    """Whether this allocation was not known as shipped before (a repeat changes nothing)."""
+    shipped: bool = await conn.fetchval(
+        """INSERT INTO order_allocations (allocation_id, order_id, shipment_id, shipped_at)
+           VALUES ($1, $2, $3, $4)
+           ON CONFLICT (allocation_id) DO UPDATE
+           SET shipment_id = EXCLUDED.shipment_id, shipped_at = EXCLUDED.shipped_at
+           WHERE order_allocations.shipment_id IS NULL
+           RETURNING true""",
+        allocation_id,
+        uuid.UUID(order_id),
+        shipment_id,
+        at,
+    )
+    if shipped:
+        await conn.execute(
+            """INSERT INTO order_shipments (order_id, shipment_id, status, shipped_at)
+               VALUES ($1, $2, 'shipped', $3) ON CONFLICT DO NOTHING""",
+            uuid.UUID(order_id),
+            shipment_id,
+            at,
+        )
+    return bool(shipped)
+
+
+async def allocations(conn: asyncpg.Connection, order_id: str) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """SELECT allocation_id, sku, location_id, quantity, shipment_id
+           FROM order_allocations WHERE order_id = $1 ORDER BY sku, allocation_id""",
+        uuid.UUID(order_id),
+    )
+    return rows
+
+
+async def shipments(conn: asyncpg.Connection, order_id: str) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """SELECT shipment_id, status, shipped_at, delivered_at FROM order_shipments
+           WHERE order_id = $1 ORDER BY shipped_at, shipment_id""",
+        uuid.UUID(order_id),
+    )
+    return rows
+
+
+async def deliver_shipment(
+    conn: asyncpg.Connection, order_id: str, shipment_id: str, at: datetime
+) -> str | None:
+    """The shipment's status before (None: no such shipment); it is delivered now."""
+    before: str | None = await conn.fetchval(
+        """UPDATE order_shipments s SET status = 'delivered',
+               delivered_at = COALESCE(s.delivered_at, $3)
+           FROM order_shipments old
+           WHERE s.order_id = $1 AND s.shipment_id = $2
+             AND old.order_id = s.order_id AND old.shipment_id = s.shipment_id
+           RETURNING old.status""",
+        uuid.UUID(order_id),
+        shipment_id,
+        at,
+    )
+    return before
+
+
+async def decide_lines(
+    conn: asyncpg.Connection, order_id: str, decisions: dict[str, str], at: datetime
+) -> None:
+    await conn.execute(
+        """UPDATE order_lines l SET decision = d.decision, decided_at = $3
+           FROM unnest($2::text[], $4::text[]) AS d(sku, decision)
+           WHERE l.order_id = $1 AND l.sku = d.sku AND l.decision IS NULL""",
+        uuid.UUID(order_id),
+        list(decisions),
+        at,
+        list(decisions.values()),
+    )
+
+
+async def keep_undecided(conn: asyncpg.Connection, order_id: str, at: datetime) -> None:
+    await conn.execute(
+        """UPDATE order_lines SET decision = 'keep', decided_at = $2
+           WHERE order_id = $1 AND decision IS NULL""",
+        uuid.UUID(order_id),
+        at,
+    )
+
+
+async def add_return(
+    conn: asyncpg.Connection,
+    return_id: str,
+    order_id: str,
+    kind: str,
+    refund_amount: int,
+    reason: str | None,
+    lines: list[tuple[str, int, int]],
+    at: datetime,
+) -> None:
+    await conn.execute(
+        """INSERT INTO order_returns
+               (return_id, order_id, kind, status, refund_amount, reason, requested_at)
+           VALUES ($1, $2, $3, 'requested', $4, $5, $6)""",
+        uuid.UUID(return_id),
+        uuid.UUID(order_id),
+        kind,
+        refund_amount,
+        reason,
+        at,
+    )
+    await conn.executemany(
+        """INSERT INTO order_return_lines (return_id, sku, quantity, unit_price)
+           VALUES ($1, $2, $3, $4)""",
+        [(uuid.UUID(return_id), sku, quantity, price) for sku, quantity, price in lines],
+    )
+
+
+RETURN_COLUMNS = """return_id::text AS return_id, kind, status, refund_amount, reason, location_id,
+    sellable, requested_at, received_at, settled_at"""
+
+
+async def returns(
+    conn: asyncpg.Connection, order_id: str, status: str | None = None
+) -> list[dict[str, Any]]:
+    """The order's returns (only those in ``status`` if given), each with its lines."""
+    rows = await conn.fetch(
+        f"""SELECT {RETURN_COLUMNS},
+                   (SELECT coalesce(jsonb_agg(jsonb_build_object('sku', l.sku,
+                        'quantity', l.quantity, 'unit_price', l.unit_price) ORDER BY l.sku),
+                        '[]'::jsonb)
+                    FROM order_return_lines l WHERE l.return_id = r.return_id) AS lines
+            FROM order_returns r WHERE order_id = $1 AND ($2::text IS NULL OR status = $2)
+            ORDER BY requested_at, return_id""",
+        uuid.UUID(order_id),
+        status,
+    )
+    return [dict(row) for row in rows]
+
+
+async def returned_quantities(conn: asyncpg.Connection, order_id: str) -> dict[str, int]:
+    """Units of each SKU already on a return of the order, of any kind."""
+    rows = await conn.fetch(
+        """SELECT l.sku, sum(l.quantity)::int AS quantity
+           FROM order_returns r JOIN order_return_lines l USING (return_id)
+           WHERE r.order_id = $1 GROUP BY l.sku""",
+        uuid.UUID(order_id),
+    )
+    return {row["sku"]: row["quantity"] for row in rows}
+
+
+async def receive_return(
+    conn: asyncpg.Connection,
+    order_id: str,
+    return_id: str,
+    location_id: str,
+    sellable: bool,
+    at: datetime,
+) -> asyncpg.Record | None:
+    """The return as it was before; it is received now if it was only requested."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"""SELECT {RETURN_COLUMNS} FROM order_returns
+            WHERE return_id = $1 AND order_id = $2 FOR UPDATE""",
+        uuid.UUID(return_id),
+        uuid.UUID(order_id),
+    )
+    if row is not None and row["status"] == "requested":
+        await conn.execute(
+            """UPDATE order_returns SET status = 'received', location_id = $2, sellable = $3,
+                   received_at = $4 WHERE return_id = $1""",
+            uuid.UUID(return_id),
+            location_id,
+            sellable,
+            at,
+        )
+    return row
+
+
+async def settle_returns(
+    conn: asyncpg.Connection, return_ids: list[str], at: datetime
+) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        f"""UPDATE order_returns r SET status = 'settled', settled_at = $2
+            WHERE return_id = ANY($1::uuid[]) AND status = 'received'
+            RETURNING {RETURN_COLUMNS},
+                (SELECT jsonb_agg(jsonb_build_object('sku', l.sku, 'quantity', l.quantity))
+                 FROM order_return_lines l WHERE l.return_id = r.return_id) AS lines""",
+        [uuid.UUID(x) for x in return_ids],
+        at,
+    )
+    return [dict(row) for row in rows]
+
+
+async def has_received_returns(conn: asyncpg.Connection, order_id: str) -> bool:
+    found: bool = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM order_returns WHERE order_id = $1 AND status = 'received')",
+        uuid.UUID(order_id),
+    )
+    return found
+
+
+async def trials_ended(conn: asyncpg.Connection, now: datetime, limit: int) -> list[str]:
+    """Orders in trial past the window's end with nothing under way."""
+    rows = await conn.fetch(
+        """SELECT order_id::text AS order_id FROM orders
+           WHERE status = 'in_trial' AND trial_ends_at <= $1 AND step IS NULL
+           ORDER BY trial_ends_at LIMIT $2 FOR UPDATE SKIP LOCKED""",
+        now,
+        limit,
+    )
+    return [row["order_id"] for row in rows]

@@ -6,6 +6,12 @@ then create and authorize the payment (for pay later and try before you buy: app
 deferred payment); the order is then confirmed. Loyalty points are held by a step to come,
 added to ``STEPS`` between the payment and the confirmation.
 
+After confirmation the order waits for the world (shipments, delivery, the customer's
+decisions during a trial); what follows then are lifecycle steps with no compensation, since
+goods have left: open the payment's trial window, settle the payment (capture what was kept,
+release or refund the rest) and process received returns (restock, refund). They are retried
+until they succeed; one that keeps failing shows in `omnistock orders stuck`.
+
 Every call carries an idempotency key made of the order id and the step, or is idempotent by
 nature (a reservation committed again for the same order answers as the first time), so a
 retried step never applies twice. Compensations undo what their step may have done and are
@@ -14,8 +20,10 @@ idempotent too: they run, last step first, from the step the order had reached.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 import httpx
@@ -29,6 +37,8 @@ from omnistock.orders.participants import Participants
 @dataclass(frozen=True, slots=True)
 class Done:
     facts: dict[str, str] = field(default_factory=dict)  # what to remember, e.g. payment_id
+    allocations: tuple[dict[str, Any], ...] = ()  # where inventory allocated the lines
+    settled_returns: tuple[str, ...] = ()  # returns restocked and refunded
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +78,9 @@ class SagaOrder:
     total: int
     currency: str
     cancel_reason: str | None
+    payment_id: str | None = None
+    # What a lifecycle step needs beyond the order row, read before it runs.
+    context: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
 
 Action = Callable[[Participants, SagaOrder], Awaitable[Outcome]]
@@ -76,9 +89,9 @@ Action = Callable[[Participants, SagaOrder], Awaitable[Outcome]]
 @dataclass(frozen=True, slots=True)
 class Step:
     name: str
-    reaches: OrderStatus  # the order's status once the step is done
+    reaches: OrderStatus | None  # the order's status once the step is done
     action: Action
-    compensation: Action
+    compensation: Action | None  # None: a lifecycle step, retried until it succeeds
 
 
 def _failed(response: httpx.Response) -> Failed:
@@ -108,7 +121,7 @@ async def commit_reservation(participants: Participants, order: SagaOrder) -> Ou
         body={"order_id": order.order_id},
     )
     if response.status_code == 200:
-        return Done()
+        return Done(allocations=tuple(response.json()["allocations"]))
     if _transient(response):
         return _failed(response)
     # Expired, released, committed to another order or unknown: the stock is not there.
@@ -210,15 +223,124 @@ async def void_payment(participants: Participants, order: SagaOrder) -> Outcome:
     return Done()
 
 
+# -- after delivery: the lifecycle steps --
+
+
+async def open_trial(participants: Participants, order: SagaOrder) -> Outcome:
+    """Payments holds the money for the whole window, renewing the authorization as needed,
+    and charges what is still uncaptured if the window closes with nothing settled."""
+    ends_at: datetime = order.context["trial_ends_at"]
+    answer = await participants.call(
+        participants.payments,
+        "PUT",
+        f"/v1/payments/{order.payment_id}/trial-window",
+        body={"ends_at": ends_at.isoformat()},
+        idempotency_key=f"order:{order.order_id}:trial-window",
+    )
+    return Done() if answer.status_code == 200 else _failed(answer)
+
+
+async def settle_payment(participants: Participants, order: SagaOrder) -> Outcome:
+    """Make the payment's net charge the value of the kept lines: capture what is missing,
+    refund what was taken beyond it (payments may have charged at the window's end), then
+    release the rest of the authorization. Each call's key names the target, so a retry
+    repeats the same request and never charges twice."""
+    target: int = order.context["kept_value"]
+    path = f"/v1/payments/{order.payment_id}"
+    read = await participants.call(participants.payments, "GET", path)
+    if read.status_code != 200:
+        return _failed(read)
+    payment: dict[str, Any] = read.json()
+    if payment["capture_pending"] or payment["refund_pending"]:
+        return Pending(f"payment {order.payment_id}: an operation is under way")
+    if payment["status"] in ("authorizing", "reauthorizing"):
+        return Pending(f"payment {order.payment_id} is {payment['status']}")
+    charged = payment["captured"] - payment["refunded"]
+    key = f"order:{order.order_id}:settle:{target}"
+    if charged < target:
+        answer = await participants.call(
+            participants.payments,
+            "POST",
+            f"{path}/captures",
+            body={"amount": target - charged},
+            idempotency_key=f"{key}:capture",
+        )
+    elif charged > target:
+        answer = await participants.call(
+            participants.payments,
+            "POST",
+            f"{path}/refunds",
+            body={"amount": charged - target},
+            idempotency_key=f"{key}:refund",
+        )
+    elif payment["capturable"] > 0:
+        answer = await participants.call(
+            participants.payments, "POST", f"{path}/void", idempotency_key=f"{key}:void"
+        )
+    else:
+        return Done()
+    if answer.status_code not in (200, 202):
+        return _failed(answer)
+    # Asked; the next run reads the payment again and goes on from there.
+    return Pending(f"payment {order.payment_id}: settling at {target}")
+
+
+async def process_returns(participants: Participants, order: SagaOrder) -> Outcome:
+    """Received returns: each line restocked at the location that received it, then the
+    refund of an RMA. Keys name the return, so repeats restock and refund once."""
+    settled = []
+    for returned in order.context["returns"]:
+        return_id = returned["return_id"]
+        for line in returned["lines"]:
+            restocked = await participants.call(
+                participants.inventory,
+                "POST",
+                "/v1/returns",
+                body={
+                    "sku": line["sku"],
+                    "location_id": returned["location_id"],
+                    "quantity": line["quantity"],
+                    "sellable": returned["sellable"],
+                    "reference": f"return:{return_id}",
+                },
+                idempotency_key=f"return:{return_id}:{line['sku']}",
+            )
+            if restocked.status_code != 201:
+                return _failed(restocked)
+        if returned["refund_amount"] > 0:
+            refunded = await participants.call(
+                participants.payments,
+                "POST",
+                f"/v1/payments/{order.payment_id}/refunds",
+                body={"amount": returned["refund_amount"]},
+                idempotency_key=f"return:{return_id}:refund",
+            )
+            if refunded.status_code == 202:
+                return Pending(f"return {return_id}: refund under way")
+            if refunded.status_code != 200:
+                return _failed(refunded)
+        settled.append(return_id)
+    return Done(settled_returns=tuple(settled))
+
+
 STEPS: tuple[Step, ...] = (
     Step("commit_reservation", OrderStatus.ALLOCATED, commit_reservation, release_stock),
     Step("authorize_payment", OrderStatus.AUTHORIZED, authorize_payment, void_payment),
 )
+"""The placement saga, in order; loyalty points are held by a step between the payment and the
+confirmation once the loyalty service takes part."""
+OPEN_TRIAL = Step("open_trial", None, open_trial, None)
+SETTLE_PAYMENT = Step("settle_payment", OrderStatus.COMPLETED, settle_payment, None)
+PROCESS_RETURNS = Step("process_returns", None, process_returns, None)
+LIFECYCLE = {step.name: step for step in (OPEN_TRIAL, SETTLE_PAYMENT, PROCESS_RETURNS)}
 UNDO = "undo:"
 
 
 def step_named(name: str) -> tuple[int, Step, bool]:
-    """(index, step, whether it is the step's compensation) of a stored step name."""
+    """(index, step, whether it is the step's compensation) of a stored step name; lifecycle
+    steps have index -1."""
+    if name in LIFECYCLE:
+        return -1, LIFECYCLE[name], False
     compensating = name.startswith(UNDO)
     bare = name.removeprefix(UNDO)
     for index, step in enumerate(STEPS):

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
 from omnistock.contracts import orders as contract
-from omnistock.orders import SERVICE, domain, repository, saga
+from omnistock.orders import SERVICE, domain, lifecycle, repository, saga
+from omnistock.orders.changes import change_status, message
 from omnistock.orders.domain import CancelReason, OrderStatus, RetryPolicy
 from omnistock.platform.clock import Clock
-from omnistock.platform.outbox import OutboxMessage, add_to_outbox
+from omnistock.platform.outbox import add_to_outbox
 
 
 class NotFound(Exception):
@@ -80,46 +81,8 @@ async def place_order(
         payment_method=order["payment_method"],
         loyalty_points=order["loyalty_points"],
     )
-    await add_to_outbox(conn, SERVICE, [_message(event, order_id, 1)], clock)
+    await add_to_outbox(conn, SERVICE, [message(event, order_id, 1)], clock)
     return order_id
-
-
-def _message(payload: Any, order_id: str, version: int) -> OutboxMessage:
-    return OutboxMessage(payload, aggregate_id=order_id, aggregate_version=version)
-
-
-async def change_status(
-    conn: asyncpg.Connection,
-    clock: Clock,
-    row: asyncpg.Record | dict[str, Any],
-    target: OrderStatus,
-    *,
-    reason: str | None = None,
-    during: str | None = None,
-    **columns: Any,
-) -> dict[str, Any]:
-    """Move a locked order to ``target`` (its history row and event included); returns the
-    row as it is now, so that several moves can follow in one transaction."""
-    current = OrderStatus(row["status"])
-    domain.transition(current, target)
-    now = clock.now()
-    version = row["version"] + 1
-    order_id = row["order_id"]
-    await repository.update_order(
-        conn, order_id, status=target.value, version=version, updated_at=now, **columns
-    )
-    await repository.add_history(conn, order_id, version, target, current, reason, during, now)
-    event = contract.OrderStatusChanged(
-        order_id=order_id,
-        customer_id=row["customer_id"],
-        version=version,
-        status=target.value,
-        previous_status=current.value,
-        reason=reason,
-        step=during,
-    )
-    await add_to_outbox(conn, SERVICE, [_message(event, order_id, version)], clock)
-    return {**dict(row), **columns, "status": target.value, "version": version}
 
 
 async def start_compensation(
@@ -160,6 +123,8 @@ async def cancel_order(
         return
     if status not in domain.CANCELLABLE:
         raise NotCancellable(order_id, status.value)
+    if any(a["shipment_id"] for a in await repository.allocations(conn, order_id)):
+        raise NotCancellable(order_id, "partly shipped")
     await start_compensation(conn, clock, row, reason, None)
 
 
@@ -184,6 +149,7 @@ def saga_order(row: asyncpg.Record) -> saga.SagaOrder:
         total=row["total"],
         currency=row["currency"],
         cancel_reason=row["cancel_reason"],
+        payment_id=row["payment_id"],
     )
 
 
@@ -209,15 +175,23 @@ async def record_outcome(
     now = clock.now()
     facts = outcome.facts if isinstance(outcome, saga.Done) else {}
     released = {"lease_id": None, "leased_until": None, **facts}
+    if isinstance(outcome, saga.Done) and outcome.allocations:
+        # Kept even if the order was cancelled meanwhile: its shipments are matched by them.
+        await repository.save_allocations(conn, claim.order.order_id, list(outcome.allocations))
     if row["step"] != claim.step:
         # Cancelled while the call ran: compensation (which covers this step) goes next.
         await repository.update_order(conn, claim.order.order_id, **released, updated_at=now)
         return
     index, step, compensating = saga.step_named(claim.step)
-    policy = policies.compensation if compensating else policies.forward
+    # Compensations and the lifecycle steps (goods have left: nothing to undo) never give up.
+    lifecycle_step = step.compensation is None
+    policy = policies.compensation if compensating or lifecycle_step else policies.forward
     if isinstance(outcome, saga.Done):
-        await _step_done(conn, clock, row, index, step, compensating, released)
-    elif isinstance(outcome, saga.Refused) and not compensating:
+        if lifecycle_step:
+            await lifecycle.step_done(conn, clock, row, step, outcome, released)
+        else:
+            await _step_done(conn, clock, row, index, step, compensating, released)
+    elif isinstance(outcome, saga.Refused) and not compensating and not lifecycle_step:
         await repository.update_order(conn, claim.order.order_id, **released)
         await start_compensation(conn, clock, row, outcome.reason, outcome.detail)
     elif isinstance(outcome, saga.Pending):
@@ -282,10 +256,15 @@ async def _step_done(
             **moved,
         )
         return
+    assert step.reaches is not None  # every placement step moves the order on
     current = await change_status(conn, clock, row, step.reaches, during=step.name, **moved)
     if following is None:
         # The last step is through: confirmed. The PSP token is not needed any more.
-        await change_status(conn, clock, current, OrderStatus.CONFIRMED, payment_token=None)
+        confirmed = await change_status(
+            conn, clock, current, OrderStatus.CONFIRMED, payment_token=None
+        )
+        # Shipment events that came before the confirmation (a crash between the two).
+        await lifecycle.ship_if_complete(conn, clock, confirmed)
 
 
 async def cancel_overdue(conn: asyncpg.Connection, clock: Clock, limit: int = 100) -> int:
@@ -307,6 +286,9 @@ async def order_view(conn: asyncpg.Connection, order_id: str) -> dict[str, Any] 
         return None
     lines = await repository.lines(conn, order_id)
     history = await repository.history(conn, order_id)
+    allocations = await repository.allocations(conn, order_id)
+    shipments = await repository.shipments(conn, order_id)
+    returns = await repository.returns(conn, order_id)
     return {
         "order_id": row["order_id"],
         "customer_id": row["customer_id"],
@@ -321,13 +303,28 @@ async def order_view(conn: asyncpg.Connection, order_id: str) -> dict[str, Any] 
         "payment": {"method": row["payment_method"], "payment_id": row["payment_id"]},
         "loyalty_points": row["loyalty_points"],
         "lines": [dict(line) for line in lines],
+        "allocations": [dict(a) for a in allocations],
+        "shipments": [instants(dict(x)) for x in shipments],
+        "pickup_code": row["pickup_code"],
+        "trial_ends_at": _instant(row["trial_ends_at"]),
+        "returns": [instants(x) for x in returns],
         "cancel_reason": row["cancel_reason"],
         "cancel_detail": row["cancel_detail"],
         "step": row["step"],
         "placed_at": row["placed_at"].isoformat(),
         "updated_at": row["updated_at"].isoformat(),
+        "delivered_at": _instant(row["delivered_at"]),
+        "completed_at": _instant(row["completed_at"]),
         "history": [{**dict(h), "changed_at": h["changed_at"].isoformat()} for h in history],
     }
+
+
+def _instant(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def instants(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
 
 
 async def orders_of(conn: asyncpg.Connection, customer_id: str, limit: int) -> list[dict[str, Any]]:

@@ -7,8 +7,8 @@ from datetime import timedelta
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from omnistock.contracts.orders import PAYMENT_DECISIONS_GROUP
-from omnistock.orders.domain import RetryPolicy
+from omnistock.contracts.orders import FULFILMENT_GROUP, PAYMENT_DECISIONS_GROUP
+from omnistock.orders.domain import RetryPolicy, Windows
 
 
 class OrdersSettings(BaseSettings):
@@ -36,8 +36,14 @@ class OrdersSettings(BaseSettings):
     # A line whose price moved by more than this share of the current price (basis points;
     # 0: any change) refuses the order.
     price_tolerance_bp: int = Field(default=0, ge=0, le=10_000)
-    # The consumer group reading payments' decisions.
+    # The consumer groups reading payments' decisions and inventory's shipments.
     payments_group: str = PAYMENT_DECISIONS_GROUP
+    fulfilment_group: str = FULFILMENT_GROUP
+    # Try before you buy: days to decide after delivery, by market (JSON, e.g. {"pl": 30}),
+    # else the default; and days to return a completed order.
+    trial_days: int = Field(default=14, ge=1, le=90)
+    trial_days_by_market: dict[str, int] = Field(default_factory=dict)
+    return_within_days: int = Field(default=30, ge=0, le=365)
     worker_interval_s: float = Field(default=0.5, gt=0)
     worker_batch_size: int = Field(default=20, ge=1)
 
@@ -53,6 +59,11 @@ class OrdersSettings(BaseSettings):
             2**31,
             timedelta(seconds=self.retry_after_s),
             timedelta(seconds=self.compensation_retry_at_most_s),
+        )
+
+    def windows(self) -> Windows:
+        return Windows(
+            self.trial_days, self.trial_days_by_market, timedelta(days=self.return_within_days)
         )
 
     def confirm_within(self) -> timedelta:

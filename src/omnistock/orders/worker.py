@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import replace
 
 import asyncpg
 import httpx
 import structlog
 from prometheus_client import Counter
 
-from omnistock.orders import saga, service
+from omnistock.orders import lifecycle, saga, service
 from omnistock.orders.participants import Participants
 from omnistock.orders.settings import OrdersSettings
 from omnistock.platform.clock import Clock
@@ -70,6 +71,14 @@ class SagaWorker:
         return len(claims)
 
     async def _advance(self, pool: asyncpg.Pool, claim: service.Claim) -> None:
+        if claim.step in saga.LIFECYCLE:
+            try:
+                async with pool.acquire() as conn:
+                    order = await lifecycle.step_context(conn, claim.order, claim.step)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("reading a step's context failed", error=str(exc))
+                return  # the lease lapses and the step is tried again
+            claim = replace(claim, order=order)
         outcome = await self._run_step(claim)
         STEPS_RUN.labels(claim.step, type(outcome).__name__.lower()).inc()
         log.info(
@@ -91,7 +100,7 @@ class SagaWorker:
 
     async def _run_step(self, claim: service.Claim) -> saga.Outcome:
         _, step, compensating = saga.step_named(claim.step)
-        action = step.compensation if compensating else step.action
+        action = step.compensation if compensating and step.compensation else step.action
         try:
             # The whole step (it may make several calls) within its share of the lease.
             async with asyncio.timeout(self.own.step_timeout_s * 3):

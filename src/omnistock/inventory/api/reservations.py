@@ -243,7 +243,8 @@ async def cancel_order_allocations(
 async def restock_return(
     body: Return,
     request: Request,
-    principal: Annotated[Principal, requires("inventory:write")],
+    # The order system restocks the returns of its orders.
+    principal: Annotated[Principal, requires("inventory:write", "inventory:allocate")],
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> FastJSONResponse:
     _, clock = state_of(request)

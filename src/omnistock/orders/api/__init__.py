@@ -7,8 +7,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from omnistock.orders import SERVICE, consumers, service
-from omnistock.orders.api import routes
+from omnistock.orders import SERVICE, consumers, lifecycle, service
+from omnistock.orders.api import fulfilment, routes
 from omnistock.orders.participants import Participants
 from omnistock.orders.settings import OrdersSettings
 from omnistock.orders.worker import SagaWorker
@@ -39,13 +39,19 @@ def build_app(
             lambda conn: service.cancel_overdue(conn, clock),
             own.worker_interval_s,
         ),
+        periodic(
+            "ended-trials", lambda conn: lifecycle.close_trials(conn, clock), own.worker_interval_s
+        ),
     ]
     runtime = ServiceRuntime(
         SERVICE,
         settings,
         schema=schema,
         jobs=jobs,
-        subscriptions=[consumers.subscription(clock, own.payments_group)],
+        subscriptions=[
+            consumers.subscription(clock, own.payments_group),
+            consumers.fulfilment_subscription(clock, own.fulfilment_group),
+        ],
     )
 
     @asynccontextmanager
@@ -57,7 +63,7 @@ def build_app(
     app = create_app(
         service=SERVICE,
         settings=settings,
-        routers=[routes.router],
+        routers=[routes.router, fulfilment.router],
         lifespan=lifespan,
         readiness=runtime.readiness(),
     )
