@@ -459,6 +459,57 @@ async def test_a_customer_sees_lists_and_cancels_only_its_own_orders(
     ]
 
 
+# A valid body for every endpoint on one order, so that what answers is the access check.
+ORDER_ENDPOINT_BODIES: dict[tuple[str, str], Any] = {
+    ("GET", "/v1/orders/{order_id}"): None,
+    ("GET", "/v1/orders/{order_id}/history"): None,
+    ("POST", "/v1/orders/{order_id}/cancel"): None,
+    ("POST", "/v1/orders/{order_id}/trial-decisions"): {
+        "lines": [{"sku": "SKU-1", "decision": "keep"}]
+    },
+    ("POST", "/v1/orders/{order_id}/returns"): {"lines": [{"sku": "SKU-1", "quantity": 1}]},
+    ("POST", "/v1/orders/{order_id}/shipments/{shipment_id}/delivered"): None,
+    ("POST", "/v1/orders/{order_id}/ready-for-pickup"): {},
+    ("POST", "/v1/orders/{order_id}/collect"): {"pickup_code": "12345678"},
+    ("POST", "/v1/orders/{order_id}/returns/{return_id}/receive"): {
+        "location_id": "wh-1",
+        "sellable": True,
+    },
+}
+
+
+async def test_every_endpoint_on_an_order_hides_it_from_another_customer_and_changes_nothing(
+    stack: Stack, service: Orders, shop: Shop, inventory_client: httpx.AsyncClient
+) -> None:
+    paths = build_app(stack.settings, own=stack.orders_settings()).openapi()["paths"]
+    routes = {
+        (method.upper(), path)
+        for path, operations in paths.items()
+        if "{order_id}" in path
+        for method in operations
+    }
+    # A new endpoint must be added here, so that it is checked too.
+    assert routes == set(ORDER_ENDPOINT_BODIES)
+    reservation = await checkout(inventory_client, shop, 1, "ivy")
+    placed = await service.client.post(
+        "/v1/orders",
+        json=order_body(shop, reservation, 1),
+        headers=keyed(as_customer(stack, "ivy")),
+    )
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["order_id"]
+    confirmed = await reaches(service, order_id, "confirmed")
+    mallory = as_customer(stack, "mallory")
+    for (method, template), body in ORDER_ENDPOINT_BODIES.items():
+        path = template.format(order_id=order_id, shipment_id="parcel-1", return_id=uuid.uuid4())
+        answer = await service.client.request(method, path, json=body, headers=keyed(mallory))
+        # Customer endpoints: 404 (someone else's order does not exist); staff ones: 403.
+        assert answer.status_code in (403, 404), (method, template, answer.text)
+        assert answer.headers["content-type"] == "application/problem+json"
+    after = (await service.client.get(f"/v1/orders/{order_id}")).json()
+    assert (after["status"], after["version"]) == ("confirmed", confirmed["version"])
+
+
 async def test_cancelling_a_confirmed_order_frees_its_stock_and_voids_its_payment(
     stack: Stack,
     service: Orders,
