@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -978,3 +978,73 @@ async def test_try_before_you_buy_with_two_of_three_lines_sent_back_captures_onl
     assert await on_hand(inventory_client, kept_sku) == 9
     payment = await settled(payments_client, order_id)
     assert (payment["captured"], payment["refunded"]) == (3_000, 0)
+
+
+async def test_a_trial_window_that_closes_unanswered_charges_every_line_not_sent_back(
+    stack: Stack,
+    shop: Shop,
+    inventory_client: httpx.AsyncClient,
+    payments_client: httpx.AsyncClient,
+) -> None:
+    clock = ManualClock(SystemClock().now())
+    # The shop's channel ends in a random suffix: this market gets a 30-day trial.
+    own = stack.orders_settings(trial_days=14, trial_days_by_market={shop.channel[-8:]: 30})
+    async with orders_service(stack, clock=clock, own=own) as running:
+        undecided, sent_back = await more_skus(stack, inventory_client, shop, [2_000, 9_000])
+        reservation = await checkout(
+            inventory_client, shop, 0, "quinn", {undecided: 2, sent_back: 1}
+        )
+        body = order_body(shop, reservation, method="try_before_you_buy", instrument="tok_tbyb")
+        body["lines"] = [
+            {"sku": undecided, "quantity": 2, "unit_price": 2_000},
+            {"sku": sent_back, "quantity": 1, "unit_price": 9_000},
+        ]
+        body["delivery"] = HOME
+        quinn = as_customer(stack, "quinn")
+        placed = await running.client.post("/v1/orders", json=body, headers=keyed(quinn))
+        assert placed.status_code == 201, placed.text
+        order_id = placed.json()["order_id"]
+
+        async def moving(status: str) -> Any:
+            # Retries and polls are due on the order's clock: it moves on while we wait.
+            clock.advance(timedelta(seconds=2))
+            view = (await running.client.get(f"/v1/orders/{order_id}")).json()
+            return view if view["status"] == status else None
+
+        confirmed = await wait_for(lambda: moving("confirmed"), 30, what="confirmed")
+        (parcel,) = await ship_everything(stack, confirmed)
+        await wait_for(lambda: moving("shipped"), 30, what="shipped")
+        carrier = keyed(bearer(stack.settings, "carrier", FULFIL))
+        delivered = await running.client.post(
+            f"/v1/orders/{order_id}/shipments/{parcel}/delivered", headers=carrier
+        )
+        assert delivered.status_code == 200, delivered.text
+        trial = delivered.json()
+        assert trial["status"] == "in_trial"
+        ends = datetime.fromisoformat(trial["trial_ends_at"])
+        assert ends - clock.now() == timedelta(days=30)
+
+        answered = await running.client.post(
+            f"/v1/orders/{order_id}/trial-decisions",
+            json={"lines": [{"sku": sent_back, "decision": "return"}]},
+            headers=keyed(quinn),
+        )
+        assert answered.status_code == 200, answered.text
+        clock.advance(timedelta(days=29))
+        await asyncio.sleep(0)  # nothing is due before the window closes
+        assert (await running.client.get(f"/v1/orders/{order_id}")).json()["status"] == "in_trial"
+        clock.advance(timedelta(days=1))
+        late = await running.client.post(
+            f"/v1/orders/{order_id}/trial-decisions",
+            json={"lines": [{"sku": undecided, "decision": "return"}]},
+            headers=keyed(quinn),
+        )
+        assert late.status_code == 409, late.text
+
+        completed = await wait_for(lambda: moving("completed"), 30, what="completed")
+        assert {x["sku"]: x["decision"] for x in completed["lines"]} == {
+            undecided: "keep",
+            sent_back: "return",
+        }
+        payment = await settled(payments_client, order_id)
+        assert (payment["captured"], payment["refunded"], payment["capturable"]) == (4_000, 0, 0)
