@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from omnistock.customer_sync import cli as customer_sync_cli
 from omnistock.inventory import cli as inventory_cli
 from omnistock.orders import cli as orders_cli
 from omnistock.payments import cli as payments_cli
@@ -24,6 +25,7 @@ app.add_typer(inventory_cli.app, name="inventory", help="Stock snapshots: import
 app.add_typer(pricing_cli.app, name="pricing", help="Price files: import, sample.")
 app.add_typer(payments_cli.app, name="payments", help="The simulated PSP.")
 app.add_typer(orders_cli.app, name="orders", help="Orders: stuck sagas.")
+app.add_typer(customer_sync_cli.app, name="customer-sync", help="The apps' view: rebuild, digest.")
 console = Console(stderr=True)
 
 

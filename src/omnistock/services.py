@@ -64,5 +64,8 @@ SERVICES: dict[str, ServiceInfo] = {
         ),
         ServiceInfo("orders", "omnistock.orders", "omnistock.orders.api:build_app"),
         ServiceInfo("storefront", "omnistock.storefront", "omnistock.storefront.api:build_app"),
+        ServiceInfo(
+            "customer-sync", "omnistock.customer_sync", "omnistock.customer_sync.api:build_app"
+        ),
     ]
 }

@@ -178,7 +178,7 @@ def read_topic(settings: Settings, topic: str, timeout_s: float = 20.0) -> list[
 
 async def create_service_schema(settings: Settings, service: str, package: str) -> str:
     """A fresh schema with ``service``'s tables (its migrations applied, as before a start)."""
-    schema = f"test_{service}_{uuid.uuid4().hex[:10]}"
+    schema = f"test_{service.replace('-', '_')}_{uuid.uuid4().hex[:10]}"
     conn = await db.connect(settings.database_url, schema)
     try:
         await migrate(conn, schema, migrations_for(service, package))

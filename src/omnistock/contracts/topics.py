@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from omnistock.contracts import demo, inventory, orders, payments, pricing
+from omnistock.contracts import customer_sync, demo, inventory, orders, payments, pricing
 from omnistock.platform.kafka import TopicSpec
 
 ALL_TOPICS: list[TopicSpec] = [
@@ -11,4 +11,5 @@ ALL_TOPICS: list[TopicSpec] = [
     *pricing.TOPICS,
     *payments.TOPICS,
     *orders.TOPICS,
+    *customer_sync.TOPICS,
 ]
