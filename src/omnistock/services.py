@@ -67,5 +67,10 @@ SERVICES: dict[str, ServiceInfo] = {
         ServiceInfo(
             "customer-sync", "omnistock.customer_sync", "omnistock.customer_sync.api:build_app"
         ),
+        ServiceInfo(
+            "collection-points",
+            "omnistock.collection_points",
+            "omnistock.collection_points.api:build_app",
+        ),
     ]
 }

@@ -3,7 +3,7 @@
 Importing this package registers every event type, so any consumer can validate any event.
 """
 
-from omnistock.contracts import demo, inventory, orders, payments, pricing
+from omnistock.contracts import collection_points, demo, inventory, orders, payments, pricing
 from omnistock.contracts.topics import ALL_TOPICS
 
-__all__ = ["ALL_TOPICS", "demo", "inventory", "orders", "payments", "pricing"]
+__all__ = ["ALL_TOPICS", "collection_points", "demo", "inventory", "orders", "payments", "pricing"]

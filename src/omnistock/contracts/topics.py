@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from omnistock.contracts import customer_sync, demo, inventory, orders, payments, pricing
+from omnistock.contracts import (
+    collection_points,
+    customer_sync,
+    demo,
+    inventory,
+    orders,
+    payments,
+    pricing,
+)
 from omnistock.platform.kafka import TopicSpec
 
 ALL_TOPICS: list[TopicSpec] = [
@@ -12,4 +20,5 @@ ALL_TOPICS: list[TopicSpec] = [
     *payments.TOPICS,
     *orders.TOPICS,
     *customer_sync.TOPICS,
+    *collection_points.TOPICS,
 ]
