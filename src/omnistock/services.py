@@ -68,6 +68,12 @@ SERVICES: dict[str, ServiceInfo] = {
             "customer-sync", "omnistock.customer_sync", "omnistock.customer_sync.api:build_app"
         ),
         ServiceInfo(
+            "loyalty",
+            "omnistock.loyalty",
+            "omnistock.loyalty.api:build_app",
+            "omnistock.loyalty.consumers:subscriptions",
+        ),
+        ServiceInfo(
             "collection-points",
             "omnistock.collection_points",
             "omnistock.collection_points.api:build_app",

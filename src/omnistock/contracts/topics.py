@@ -7,6 +7,7 @@ from omnistock.contracts import (
     customer_sync,
     demo,
     inventory,
+    loyalty,
     orders,
     payments,
     pricing,
@@ -19,6 +20,7 @@ ALL_TOPICS: list[TopicSpec] = [
     *pricing.TOPICS,
     *payments.TOPICS,
     *orders.TOPICS,
+    *loyalty.TOPICS,
     *customer_sync.TOPICS,
     *collection_points.TOPICS,
 ]
