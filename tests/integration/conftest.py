@@ -342,3 +342,20 @@ async def stocked_channel(
 async def reserved_units(client: httpx.AsyncClient, sku: str) -> int:
     locations = (await client.get(f"/v1/stock/{sku}")).json()["locations"]
     return sum(location["reserved"] for location in locations)
+
+
+def start_group_at_end(settings: Settings, group: str, topic: str) -> None:
+    """Commit ``group``'s offsets at the end of ``topic`` before its consumer first starts, so
+    that it reads only what comes next, not the topic's whole history."""
+    consumer = Consumer(kafka.consumer_config(settings, group))
+    try:
+        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        ends = [
+            TopicPartition(
+                topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+            )
+            for p in partitions
+        ]
+        consumer.commit(offsets=ends, asynchronous=False)
+    finally:
+        consumer.close()

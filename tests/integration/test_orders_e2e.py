@@ -34,6 +34,7 @@ from tests.integration.conftest import (
     free_port,
     read_topic_to_end,
     served,
+    start_group_at_end,
     stocked_channel,
     unique,
     wait_for,
@@ -53,12 +54,14 @@ class Stack:
     pricing_url: str
     payments_url: str
     psp_url: str
+    loyalty_url: str
 
     def orders_settings(self, **changes: Any) -> OrdersSettings:
         defaults: dict[str, Any] = {
             "inventory_url": self.inventory_url,
             "pricing_url": self.pricing_url,
             "payments_url": self.payments_url,
+            "loyalty_url": self.loyalty_url,
             "worker_interval_s": 0.05,
             "payments_group": unique("orders-payment-decisions"),
             "fulfilment_group": unique("orders-fulfilment"),
@@ -72,10 +75,12 @@ async def stack(settings: Settings) -> AsyncIterator[Stack]:
     await asyncio.to_thread(kafka.ensure_topics, settings, topics)
     schemas = {
         name: await create_service_schema(settings, name, f"omnistock.{name}")
-        for name in ("inventory", "pricing", "payments")
+        for name in ("inventory", "pricing", "payments", "loyalty")
     }
-    ports = {name: free_port() for name in ("inventory", "pricing", "payments", "psp")}
+    ports = {name: free_port() for name in ("inventory", "pricing", "payments", "psp", "loyalty")}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    loyalty_group = unique("orders-e2e-loyalty")
+    await asyncio.to_thread(start_group_at_end, settings, loyalty_group, orders.ORDERS.name)
     env = {
         **os.environ,
         "OMNISTOCK_LOG_LEVEL": "WARNING",
@@ -84,6 +89,11 @@ async def stack(settings: Settings) -> AsyncIterator[Stack]:
         # `tok_async` authorizations stay pending for the whole module: an order waiting on
         # one times out.
         "OMNISTOCK_PSP_SIM_ASYNC_DECISION_MS": "600000",
+        # Points are earned as soon as an order completes, so that one order can pay with the
+        # points of the one before; a group of its own reads only this module's orders.
+        "OMNISTOCK_LOYALTY_RETURN_WINDOW_DAYS": "0",
+        "OMNISTOCK_LOYALTY_JOB_INTERVAL_S": "0.2",
+        "OMNISTOCK_LOYALTY_ORDERS_GROUP": loyalty_group,
     }
     command = [sys.executable, "-m", "omnistock.cli"]
     started = [
@@ -115,7 +125,14 @@ async def stack(settings: Settings) -> AsyncIterator[Stack]:
         await asyncio.gather(*(wait_ready(urls[name]) for name in schemas))
         # Each answer came from the process meant to give it, not from another on its port.
         assert all(process.poll() is None for process in started), "a service did not start"
-        yield Stack(settings, urls["inventory"], urls["pricing"], urls["payments"], urls["psp"])
+        yield Stack(
+            settings,
+            urls["inventory"],
+            urls["pricing"],
+            urls["payments"],
+            urls["psp"],
+            urls["loyalty"],
+        )
     finally:
         for process in started:
             process.terminate()
@@ -231,6 +248,7 @@ def order_body(
     customer: str | None = None,
     unit_price: int = PRICE,
     method: str = "card",
+    points: int = 0,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "channel_id": shop.channel,
@@ -240,7 +258,7 @@ def order_body(
         "lines": [{"sku": shop.sku, "quantity": quantity, "unit_price": unit_price}],
         "delivery": {"kind": "locker", "collection_point_id": "locker-waw-17"},
         "payment": {"method": method, "token": instrument},
-        "loyalty_points": 150,
+        "loyalty_points": points,
     }
     if customer is not None:
         body["customer_id"] = customer
@@ -1048,3 +1066,80 @@ async def test_a_trial_window_that_closes_unanswered_charges_every_line_not_sent
         }
         payment = await settled(payments_client, order_id)
         assert (payment["captured"], payment["refunded"], payment["capturable"]) == (4_000, 0, 0)
+
+
+async def test_redeemed_points_are_held_committed_on_completion_released_on_cancel_or_refused(
+    stack: Stack,
+    service: Orders,
+    shop: Shop,
+    inventory_client: httpx.AsyncClient,
+    payments_client: httpx.AsyncClient,
+) -> None:
+    lena = as_customer(stack, "lena")
+    loyalty = httpx.AsyncClient(
+        base_url=stack.loyalty_url, headers=bearer(stack.settings, "crm", ["loyalty:read"])
+    )
+
+    async def place(quantity: int, points: int) -> str:
+        reservation = await checkout(inventory_client, shop, quantity, "lena")
+        body = order_body(shop, reservation, quantity, points=points)
+        body["delivery"] = HOME
+        placed = await service.client.post("/v1/orders", json=body, headers=keyed(lena))
+        assert placed.status_code == 201, placed.text
+        order_id: str = placed.json()["order_id"]
+        return order_id
+
+    async def complete(order_id: str) -> Any:
+        confirmed = await reaches(service, order_id, "confirmed")
+        (parcel,) = await ship_everything(stack, confirmed)
+        await reaches(service, order_id, "shipped")
+        carrier = keyed(bearer(stack.settings, "carrier", FULFIL))
+        delivered = await service.client.post(
+            f"/v1/orders/{order_id}/shipments/{parcel}/delivered", headers=carrier
+        )
+        assert delivered.status_code == 200, delivered.text
+        return await reaches(service, order_id, "completed")
+
+    async def balance() -> int:
+        members = (await loyalty.get("/v1/members", params={"customer_id": "lena"})).json()
+        return sum(m["balance"] for m in members["members"])
+
+    async with loyalty:
+        # A first order earns its points (the window is 0 days here): 2 × 25.00 → 50 points.
+        await complete(await place(2, 0))
+
+        async def earned() -> int | None:
+            found = await balance()
+            return found if found > 0 else None
+
+        points = await wait_for(earned, 30, what="points earned")
+        assert points == 2 * PRICE // 100
+
+        # More than the balance: refused, and the order is compensated and cancelled.
+        too_many = await place(1, points + 1)
+        cancelled = await reaches(service, too_many, "cancelled")
+        assert cancelled["cancel_reason"] == "loyalty_points_refused"
+        assert (await settled(payments_client, too_many))["status"] == "voided"
+
+        # Held while the order is under way, spent when it completes.
+        paid_with_points = await place(1, 30)
+        await reaches(service, paid_with_points, "confirmed")
+        hold = (await loyalty.get(f"/v1/holds/{paid_with_points}")).json()
+        assert (hold["status"], hold["points"]) == ("held", 30)
+        assert await balance() == points - 30
+
+        # A cancelled order gives its held points back.
+        cancelled_later = await place(1, 10)
+        await reaches(service, cancelled_later, "confirmed")
+        cancel = await service.client.post(
+            f"/v1/orders/{cancelled_later}/cancel", headers=keyed(lena)
+        )
+        assert cancel.status_code == 200, cancel.text
+        await reaches(service, cancelled_later, "cancelled")
+        released = (await loyalty.get(f"/v1/holds/{cancelled_later}")).json()
+        assert released["status"] == "released"
+
+        completed = await complete(paid_with_points)
+        assert completed["points_status"] == "committed"
+        committed = (await loyalty.get(f"/v1/holds/{paid_with_points}")).json()
+        assert committed["status"] == "committed"

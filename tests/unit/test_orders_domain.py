@@ -76,7 +76,8 @@ def test_only_orders_not_yet_shipped_can_be_cancelled_and_cancelling_only_ends_c
 def test_the_saga_walks_the_table_from_placed_to_confirmed() -> None:
     status = OrderStatus.PLACED
     for step in saga.STEPS:
-        status = transition(status, step.reaches)
+        if step.reaches is not None:  # a step with no status of its own moves on silently
+            status = transition(status, step.reaches)
     assert transition(status, OrderStatus.CONFIRMED) is OrderStatus.CONFIRMED
 
 

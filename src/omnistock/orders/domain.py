@@ -68,6 +68,7 @@ class CancelReason(StrEnum):
     BY_STAFF = "cancelled_by_staff"
     PAYMENT_DECLINED = "payment_declined"
     PAYMENT_REFUSED = "payment_refused"
+    POINTS_REFUSED = "loyalty_points_refused"
     RESERVATION_NOT_COMMITTABLE = "reservation_not_committable"
     STEP_FAILED = "step_failed"
     CONFIRMATION_TIMED_OUT = "confirmation_timed_out"

@@ -66,6 +66,8 @@ async def next_step(
         lines = await repository.lines(conn, row["order_id"])
         if now >= row["trial_ends_at"] or all(x["decision"] for x in lines):
             return saga.SETTLE_PAYMENT.name
+    if status is S.COMPLETED and row["points"] == "held":
+        return saga.COMMIT_POINTS.name
     if status in (S.IN_TRIAL, S.COMPLETED) and await repository.has_received_returns(
         conn, row["order_id"]
     ):

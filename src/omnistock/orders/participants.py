@@ -1,5 +1,5 @@
-"""HTTP clients of the services the orders saga and intake talk to: inventory, pricing and
-payments, each at its base URL, authenticated with the orders service's own token."""
+"""HTTP clients of the services the orders saga and intake talk to: inventory, pricing,
+payments and loyalty, each at its base URL, authenticated with the orders service's own token."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ SCOPES = [
     "pricing:read",
     "payments:write",
     "payments:read",
+    "loyalty:redeem",
 ]
 TOKEN_LIFETIME_S = 3600
 
@@ -54,9 +55,10 @@ class Participants:
         self.inventory = httpx.AsyncClient(base_url=own.inventory_url, timeout=timeout)
         self.pricing = httpx.AsyncClient(base_url=own.pricing_url, timeout=timeout)
         self.payments = httpx.AsyncClient(base_url=own.payments_url, timeout=timeout)
+        self.loyalty = httpx.AsyncClient(base_url=own.loyalty_url, timeout=timeout)
 
     async def close(self) -> None:
-        for client in (self.inventory, self.pricing, self.payments):
+        for client in (self.inventory, self.pricing, self.payments, self.loyalty):
             await client.aclose()
 
     async def call(

@@ -15,7 +15,7 @@ ORDER_COLUMNS = """order_id::text AS order_id, customer_id, channel_id, platform
     loyalty_points, status, version, cancel_reason, cancel_detail, step, step_started_at,
     step_attempts, next_attempt_at, lease_id::text AS lease_id, leased_until, last_error,
     payment_id, confirm_by, placed_at, updated_at, pickup_code, delivered_at, trial_ends_at,
-    completed_at"""
+    completed_at, points"""
 
 UNCONFIRMED = [OrderStatus.PLACED, OrderStatus.ALLOCATED, OrderStatus.AUTHORIZED]
 

@@ -3,13 +3,14 @@ that call another service and map its reply to a typed outcome.
 
 Forward: commit the checkout reservation (inventory turns it into the order's allocations),
 then create and authorize the payment (for pay later and try before you buy: approve the
-deferred payment); the order is then confirmed. Loyalty points are held by a step to come,
-added to ``STEPS`` between the payment and the confirmation.
+deferred payment), then hold the loyalty points the customer redeems; the order is then
+confirmed.
 
 After confirmation the order waits for the world (shipments, delivery, the customer's
 decisions during a trial); what follows then are lifecycle steps with no compensation, since
 goods have left: open the payment's trial window, settle the payment (capture what was kept,
-release or refund the rest) and process received returns (restock, refund). They are retried
+release or refund the rest), spend the held points, and process received returns (restock,
+refund). They are retried
 until they succeed; one that keeps failing shows in `omnistock orders stuck`.
 
 Every call carries an idempotency key made of the order id and the step, or is idempotent by
@@ -79,6 +80,8 @@ class SagaOrder:
     currency: str
     cancel_reason: str | None
     payment_id: str | None = None
+    channel_id: str = ""
+    loyalty_points: int = 0
     # What a lifecycle step needs beyond the order row, read before it runs.
     context: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -323,16 +326,69 @@ async def process_returns(participants: Participants, order: SagaOrder) -> Outco
     return Done(settled_returns=tuple(settled))
 
 
+# -- step 3: the loyalty points the customer redeems, held --
+
+
+async def hold_points(participants: Participants, order: SagaOrder) -> Outcome:
+    if order.loyalty_points == 0:
+        return Done()
+    answer = await participants.call(
+        participants.loyalty,
+        "POST",
+        "/v1/holds",
+        body={
+            "order_id": order.order_id,
+            "customer_id": order.customer_id,
+            "channel_id": order.channel_id,
+            "points": order.loyalty_points,
+        },
+        idempotency_key=f"order:{order.order_id}:hold-points",
+    )
+    if answer.status_code in (200, 201):
+        return Done({"points": "held"})
+    if _transient(answer):
+        return _failed(answer)
+    return Refused(CancelReason.POINTS_REFUSED, _problem(answer))
+
+
+async def release_points(participants: Participants, order: SagaOrder) -> Outcome:
+    """Give the points back; with none held yet, loyalty closes the order to a late hold."""
+    if order.loyalty_points == 0:
+        return Done()
+    answer = await participants.call(
+        participants.loyalty,
+        "POST",
+        f"/v1/holds/{order.order_id}/release",
+        idempotency_key=f"order:{order.order_id}:release-points",
+    )
+    return Done({"points": "released"}) if answer.status_code == 200 else _failed(answer)
+
+
+async def commit_points(participants: Participants, order: SagaOrder) -> Outcome:
+    """The order is completed: the held points are spent."""
+    answer = await participants.call(
+        participants.loyalty,
+        "POST",
+        f"/v1/holds/{order.order_id}/commit",
+        idempotency_key=f"order:{order.order_id}:commit-points",
+    )
+    return Done({"points": "committed"}) if answer.status_code == 200 else _failed(answer)
+
+
 STEPS: tuple[Step, ...] = (
     Step("commit_reservation", OrderStatus.ALLOCATED, commit_reservation, release_stock),
     Step("authorize_payment", OrderStatus.AUTHORIZED, authorize_payment, void_payment),
+    Step("hold_points", None, hold_points, release_points),
 )
-"""The placement saga, in order; loyalty points are held by a step between the payment and the
-confirmation once the loyalty service takes part."""
+"""The placement saga, in order; after the last step the order is confirmed. A step that
+reaches no status of its own moves the saga on without a version."""
 OPEN_TRIAL = Step("open_trial", None, open_trial, None)
 SETTLE_PAYMENT = Step("settle_payment", OrderStatus.COMPLETED, settle_payment, None)
 PROCESS_RETURNS = Step("process_returns", None, process_returns, None)
-LIFECYCLE = {step.name: step for step in (OPEN_TRIAL, SETTLE_PAYMENT, PROCESS_RETURNS)}
+COMMIT_POINTS = Step("commit_points", None, commit_points, None)
+LIFECYCLE = {
+    step.name: step for step in (OPEN_TRIAL, SETTLE_PAYMENT, PROCESS_RETURNS, COMMIT_POINTS)
+}
 UNDO = "undo:"
 
 

@@ -150,6 +150,8 @@ def saga_order(row: asyncpg.Record) -> saga.SagaOrder:
         currency=row["currency"],
         cancel_reason=row["cancel_reason"],
         payment_id=row["payment_id"],
+        channel_id=row["channel_id"],
+        loyalty_points=row["loyalty_points"],
     )
 
 
@@ -256,8 +258,11 @@ async def _step_done(
             **moved,
         )
         return
-    assert step.reaches is not None  # every placement step moves the order on
-    current = await change_status(conn, clock, row, step.reaches, during=step.name, **moved)
+    if step.reaches is None:
+        await repository.update_order(conn, row["order_id"], **moved, updated_at=now)
+        current: asyncpg.Record | dict[str, Any] = {**dict(row), **moved}
+    else:
+        current = await change_status(conn, clock, row, step.reaches, during=step.name, **moved)
     if following is None:
         # The last step is through: confirmed. The PSP token is not needed any more.
         confirmed = await change_status(
@@ -302,6 +307,8 @@ async def order_view(conn: asyncpg.Connection, order_id: str) -> dict[str, Any] 
         "delivery": row["delivery"],
         "payment": {"method": row["payment_method"], "payment_id": row["payment_id"]},
         "loyalty_points": row["loyalty_points"],
+        # Where the redeemed points stand: held, committed or released (null: none yet).
+        "points_status": row["points"],
         "lines": [dict(line) for line in lines],
         "allocations": [dict(a) for a in allocations],
         "shipments": [instants(dict(x)) for x in shipments],

@@ -18,6 +18,7 @@ class OrdersSettings(BaseSettings):
     inventory_url: str = "http://127.0.0.1:8001"
     pricing_url: str = "http://127.0.0.1:8002"
     payments_url: str = "http://127.0.0.1:8003"
+    loyalty_url: str = "http://127.0.0.1:8006"
     # The bearer the service sends them; unset, one is minted from OMNISTOCK_JWT_SECRET
     # (development: with an identity provider, set a client-credentials token here).
     service_token: str | None = None
