@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from omnistock.contracts import collection_points as c
+from omnistock.contracts import loyalty as lo
 from omnistock.contracts import orders as o
 from omnistock.contracts import payments as p
 
@@ -153,5 +155,64 @@ def order_story(order_id: str, payment_id: str, customer_id: str) -> list[Writte
             START + timedelta(minutes=e.version, seconds=30),
         )
         for e in payment_events
+    ]
+    booking, member = f"{order_id}-booking", f"{order_id}-member"
+    arrived, collect_by = START + timedelta(minutes=8), START + timedelta(days=7, minutes=8)
+    # (aggregate, event, minute written): the parcel at the locker and the points redeemed.
+    others: list[tuple[str, Any, int]] = [
+        (
+            booking,
+            c.ParcelArrived(
+                booking,
+                order_id,
+                customer_id,
+                "locker-waw-1",
+                "locker",
+                "PL",
+                1,
+                "arrived",
+                arrived.isoformat(),
+                collect_by.isoformat(),
+            ),
+            8,
+        ),
+        (
+            booking,
+            c.PickupCodeIssued(
+                booking,
+                order_id,
+                customer_id,
+                "locker-waw-1",
+                1,
+                "40418812",
+                collect_by.isoformat(),
+            ),
+            8,
+        ),
+        (
+            booking,
+            c.ParcelCollected(
+                booking,
+                order_id,
+                customer_id,
+                "locker-waw-1",
+                2,
+                "collected",
+                (arrived + timedelta(hours=5)).isoformat(),
+            ),
+            9,
+        ),
+        (member, lo.PointsHeld(member, customer_id, 1, order_id, 100, 400, 100), 1),
+        (member, lo.PointsCommitted(member, customer_id, 2, order_id, 100, 400, 0), 12),
+    ]
+    written += [
+        Written(
+            _id(f"{key}/{type(e).__name__}", e.version),
+            e,
+            key,
+            e.version,
+            START + timedelta(minutes=minute, seconds=45),
+        )
+        for key, e, minute in others
     ]
     return sorted(written, key=lambda w: w.time)

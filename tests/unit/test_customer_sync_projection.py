@@ -48,6 +48,12 @@ def test_the_story_in_order_shows_the_order_as_it_ended() -> None:
         ("parcel-1", "shipped"),
         ("parcel-2", "shipped"),
     ]
+    (parcel,) = card["parcels"]
+    assert (parcel["status"], parcel["pickup_code"], parcel["point_id"]) == (
+        "collected",
+        "40418812",
+        "locker-waw-1",
+    )
     (returned,) = card["returns"]
     assert (returned["status"], returned["version"], returned["kind"]) == ("settled", 14, "trial")
 
@@ -72,6 +78,8 @@ def test_notifications_come_from_confirmation_shipment_pickup_trial_and_refund()
     assert sorted((n.kind, n.key) for n in notices) == [
         ("order_confirmed", "order-1"),
         ("order_shipped", "order-1"),
+        # From the order and from the locker: one key, so recorded once.
+        ("ready_for_pickup", "order-1"),
         ("ready_for_pickup", "order-1"),
         ("refund_made", "pay-1-op-4"),
         ("trial_ending", "order-1"),

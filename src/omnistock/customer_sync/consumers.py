@@ -1,5 +1,6 @@
-"""The one subscription of customer-sync: every order and payment event becomes changes to the
-apps' view and, for some, a notification; both in the batch's transaction, with the inbox."""
+"""The one subscription of customer-sync: every order, payment, loyalty and parcel event
+becomes changes to the apps' view and, for some, a notification; both in the batch's
+transaction, with the inbox."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from omnistock.contracts import orders, payments
+from omnistock.contracts import collection_points, loyalty, orders, payments
 from omnistock.customer_sync import repository
 from omnistock.customer_sync.projection import changes_of, notices_of
 from omnistock.platform.clock import Clock
@@ -19,7 +20,14 @@ from omnistock.platform.events import Event, registered_types
 TYPES = [
     name
     for name, cls in registered_types().items()
-    if getattr(cls, "TOPIC", None) in (orders.ORDERS.name, payments.PAYMENTS.name)
+    if getattr(cls, "TOPIC", None)
+    in (
+        orders.ORDERS.name,
+        payments.PAYMENTS.name,
+        loyalty.MEMBERS.name,
+        collection_points.PARCELS.name,
+        collection_points.PICKUP_CODES.name,
+    )
 ]
 
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from omnistock.contracts import orders, payments
+from omnistock.contracts import collection_points as places
+from omnistock.contracts import loyalty, orders, payments
 
 Fields = dict[str, list[Any]]
 """field name → [version, value]"""
@@ -22,7 +23,7 @@ Fields = dict[str, list[Any]]
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    kind: str  # order | payment | shipment | return
+    kind: str  # order | payment | shipment | return | member | parcel
     entity_id: str
     version: int
     values: Mapping[str, Any]
@@ -146,7 +147,58 @@ def changes_of(event: Any, at: datetime) -> list[Change]:
                 event.order_id,
             )
         ]
+    if isinstance(event, LOYALTY_EVENTS):
+        return _points_changes(event)
+    if isinstance(event, PARCEL_EVENTS):
+        return _parcel_changes(event)
     return _payment_changes(event, at)
+
+
+LOYALTY_EVENTS = (
+    loyalty.PointsHeld,
+    loyalty.PointsCommitted,
+    loyalty.PointsReleased,
+    loyalty.PointsEarned,
+    loyalty.PointsReversed,
+    loyalty.PointsExpired,
+    loyalty.TierChanged,
+)
+PARCEL_EVENTS = (
+    places.ParcelArrived,
+    places.ParcelCollected,
+    places.ParcelExpired,
+    places.PickupCodeIssued,
+)
+
+
+def _points_changes(event: Any) -> list[Change]:
+    """A loyalty account: its balance and held points after each change, and its tier."""
+    values: dict[str, Any] = {}
+    for name in ("balance", "held", "tier", "brand_group", "market"):
+        if hasattr(event, name):
+            values[name] = getattr(event, name)
+    return [Change("member", event.member_id, event.version, values, event.customer_id)]
+
+
+def _parcel_changes(event: Any) -> list[Change]:
+    """A parcel at a store or locker: where, until when, its state and the pickup code."""
+    values: dict[str, Any] = {"point_id": event.point_id}
+    if not isinstance(event, places.PickupCodeIssued):
+        values["status"] = event.status
+    for name in (
+        "point_kind",
+        "market",
+        "arrived_at",
+        "collect_by",
+        "collected_at",
+        "expired_at",
+        "pickup_code",
+    ):
+        if hasattr(event, name):
+            values[name] = getattr(event, name)
+    return [
+        Change("parcel", event.booking_id, event.version, values, event.customer_id, event.order_id)
+    ]
 
 
 def _payment_changes(event: Any, at: datetime) -> list[Change]:
@@ -182,6 +234,18 @@ def notices_of(event: Any, at: datetime, trial_reminder: timedelta) -> list[Noti
     if isinstance(event, orders.OrderStatusChanged) and event.status in STATUS_NOTICES:
         kind = STATUS_NOTICES[event.status]
         return [Notice(kind, event.order_id, event.order_id, event.customer_id, at)]
+    if isinstance(event, places.ParcelArrived):
+        # The same notice as the order's own ready_for_pickup: whichever comes first counts.
+        return [
+            Notice(
+                "ready_for_pickup",
+                event.order_id,
+                event.order_id,
+                event.customer_id,
+                at,
+                {"point_id": event.point_id, "collect_by": event.collect_by},
+            )
+        ]
     if isinstance(event, payments.TrialWindowSet):
         ends = datetime.fromisoformat(event.ends_at)
         return [

@@ -7,7 +7,9 @@ from datetime import timedelta
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from omnistock.contracts.collection_points import PARCELS, PICKUP_CODES
 from omnistock.contracts.customer_sync import TIMELINE_GROUP
+from omnistock.contracts.loyalty import MEMBERS
 from omnistock.contracts.orders import ORDERS
 from omnistock.contracts.payments import PAYMENTS
 
@@ -16,7 +18,15 @@ class CustomerSyncSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OMNISTOCK_CUSTOMER_SYNC_", extra="ignore")
 
     group: str = TIMELINE_GROUP
-    topics: list[str] = Field(default_factory=lambda: [ORDERS.name, PAYMENTS.name])
+    topics: list[str] = Field(
+        default_factory=lambda: [
+            ORDERS.name,
+            PAYMENTS.name,
+            MEMBERS.name,
+            PARCELS.name,
+            PICKUP_CODES.name,
+        ]
+    )
     # The app reminds the customer this long before a try-before-you-buy trial ends.
     trial_reminder_hours: int = Field(default=48, ge=0)
     # How often the sender looks for due notifications, and how many it takes at a time.

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request
 
 from omnistock.customer_sync import repository
-from omnistock.customer_sync.view import order_cards
+from omnistock.customer_sync.view import accounts, order_cards
 from omnistock.platform.auth import CUSTOMER_SCOPE, Principal, requires
 from omnistock.platform.http import FastJSONResponse
 from omnistock.platform.problems import Problem
@@ -45,10 +45,17 @@ async def timeline(
     principal: Annotated[Principal, requires(READ, CUSTOMER_SCOPE)],
 ) -> FastJSONResponse:
     """The customer's orders, newest first, each with its status and version, its payments,
-    parcels (with what they carry) and returns."""
+    shipments (with what they carry), parcels at stores and lockers (place, collect-by date and
+    pickup code) and returns; and the customer's loyalty accounts (balance, held, tier)."""
     _check(principal, customer_id)
+    async with _runtime(request).pool.acquire() as conn:
+        entries = await repository.timeline(conn, customer_id)
     return FastJSONResponse(
-        {"customer_id": customer_id, "orders": await _cards(request, customer_id)}
+        {
+            "customer_id": customer_id,
+            "orders": order_cards(entries),
+            "loyalty": accounts(entries),
+        }
     )
 
 
