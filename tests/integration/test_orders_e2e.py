@@ -19,6 +19,7 @@ import asyncpg
 import httpx
 import pytest
 
+from omnistock.contracts import collection_points as places
 from omnistock.contracts import inventory, orders, payments, pricing
 from omnistock.orders.api import build_app
 from omnistock.orders.settings import OrdersSettings
@@ -71,7 +72,7 @@ class Stack:
 
 @pytest.fixture(scope="module")
 async def stack(settings: Settings) -> AsyncIterator[Stack]:
-    topics = [*inventory.TOPICS, *pricing.TOPICS, *payments.TOPICS, *orders.TOPICS]
+    topics = [*inventory.TOPICS, *pricing.TOPICS, *payments.TOPICS, *orders.TOPICS, *places.TOPICS]
     await asyncio.to_thread(kafka.ensure_topics, settings, topics)
     schemas = {
         name: await create_service_schema(settings, name, f"omnistock.{name}")
@@ -1139,7 +1140,90 @@ async def test_redeemed_points_are_held_committed_on_completion_released_on_canc
         released = (await loyalty.get(f"/v1/holds/{cancelled_later}")).json()
         assert released["status"] == "released"
 
-        completed = await complete(paid_with_points)
-        assert completed["points_status"] == "committed"
+        await complete(paid_with_points)
+
+        async def spent() -> bool:
+            view = (await service.client.get(f"/v1/orders/{paid_with_points}")).json()
+            return bool(view["points_status"] == "committed")
+
+        # Spending the points is the step after completion.
+        await wait_for(spent, 30, what="the held points spent")
         committed = (await loyalty.get(f"/v1/holds/{paid_with_points}")).json()
         assert committed["status"] == "committed"
+
+
+async def test_a_parcel_nobody_collects_goes_back_cancels_the_order_and_is_restocked(
+    stack: Stack,
+    service: Orders,
+    shop: Shop,
+    inventory_client: httpx.AsyncClient,
+    payments_client: httpx.AsyncClient,
+) -> None:
+    reservation = await checkout(inventory_client, shop, 2, "uma")
+    placed = await service.client.post(
+        "/v1/orders",
+        json=order_body(shop, reservation, 2),
+        headers=keyed(as_customer(stack, "uma")),
+    )
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["order_id"]
+    confirmed = await reaches(service, order_id, "confirmed")
+    await ship_everything(stack, confirmed)
+    await reaches(service, order_id, "shipped")
+    ready = await service.client.post(
+        f"/v1/orders/{order_id}/ready-for-pickup",
+        json={},
+        headers=keyed(bearer(stack.settings, "locker-network", FULFIL)),
+    )
+    assert ready.status_code == 200, ready.text
+    assert await on_hand(inventory_client, shop.sku) == shop.on_hand - 2
+
+    # As collection points announce it after the parcel waited its days, twice.
+    expired = places.ParcelExpired(
+        booking_id=str(uuid.uuid4()),
+        order_id=order_id,
+        customer_id="uma",
+        point_id="locker-waw-17",
+        version=2,
+        status="expired",
+        arrived_at=SystemClock().now().isoformat(),
+        collect_by=SystemClock().now().isoformat(),
+        expired_at=SystemClock().now().isoformat(),
+        disposition="return_to_sender",
+    )
+    _, value = events.encode(
+        expired,
+        source="collection-points",
+        subject=order_id,
+        time=SystemClock().now(),
+        aggregate_version=2,
+    )
+    producer = kafka.create_producer(stack.settings)
+    for _ in range(2):
+        producer.produce(places.PARCELS.name, key=order_id.encode(), value=value)
+    assert producer.flush(20) == 0
+
+    cancelled = await reaches(service, order_id, "cancelled")
+    assert cancelled["cancel_reason"] == "not_collected"
+    assert (await settled(payments_client, order_id))["status"] == "voided"
+    (back,) = cancelled["returns"]
+    assert (back["kind"], back["status"], back["refund_amount"]) == ("uncollected", "requested", 0)
+    assert [(x["sku"], x["quantity"]) for x in back["lines"]] == [(shop.sku, 2)]
+
+    received = await service.client.post(
+        f"/v1/orders/{order_id}/returns/{back['return_id']}/receive",
+        json={"location_id": confirmed["allocations"][0]["location_id"], "sellable": True},
+        headers=keyed(bearer(stack.settings, "returns-desk", FULFIL)),
+    )
+    assert received.status_code == 200, received.text
+
+    async def restocked() -> bool:
+        return await on_hand(inventory_client, shop.sku) == shop.on_hand
+
+    await wait_for(restocked, 30, what="the parcel's units back on hand")
+    final = (await service.client.get(f"/v1/orders/{order_id}")).json()
+    assert (final["status"], final["returns"][0]["status"], final["step"]) == (
+        "cancelled",
+        "settled",
+        None,
+    )

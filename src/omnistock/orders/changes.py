@@ -9,8 +9,8 @@ from typing import Any
 import asyncpg
 
 from omnistock.contracts import orders as contract
-from omnistock.orders import SERVICE, domain, repository
-from omnistock.orders.domain import OrderStatus
+from omnistock.orders import SERVICE, domain, repository, saga
+from omnistock.orders.domain import CancelReason, OrderStatus
 from omnistock.platform.clock import Clock
 from omnistock.platform.outbox import OutboxMessage, add_to_outbox
 
@@ -70,3 +70,29 @@ async def record_change(
     await repository.add_history(conn, order_id, version, status, status, reason, None, now)
     await add_to_outbox(conn, SERVICE, [message(event, order_id, version)], clock)
     return {**dict(row), "version": version}
+
+
+async def start_compensation(
+    conn: asyncpg.Connection,
+    clock: Clock,
+    row: asyncpg.Record | dict[str, Any],
+    reason: CancelReason,
+    detail: str | None,
+) -> None:
+    """The order becomes ``cancelling``: the worker undoes its steps, then cancels it."""
+    now = clock.now()
+    await change_status(
+        conn,
+        clock,
+        row,
+        OrderStatus.CANCELLING,
+        reason=reason.value,
+        during=row["step"],
+        cancel_reason=reason.value,
+        cancel_detail=detail,
+        step=saga.compensation_from(row["step"]),
+        step_started_at=now,
+        step_attempts=0,
+        next_attempt_at=now,
+        last_error=None,
+    )

@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 
+from omnistock.contracts.collection_points import PARCELS, ParcelExpired
 from omnistock.contracts.inventory import ALLOCATIONS, AllocationShipped
 from omnistock.contracts.payments import PAYMENTS, PaymentAuthorized, PaymentDeclined
 from omnistock.orders import lifecycle, repository
@@ -59,9 +60,25 @@ def allocation_shipped(clock: Clock) -> Handler:
     return handle
 
 
+def parcel_expired(clock: Clock) -> Handler:
+    async def handle(conn: asyncpg.Connection, batch: Sequence[Event[Any]]) -> None:
+        for event in batch:
+            expired: ParcelExpired = event.data
+            try:
+                uuid.UUID(expired.order_id)
+            except ValueError:
+                continue
+            await lifecycle.parcel_expired(conn, clock, expired.order_id)
+
+    return handle
+
+
 def fulfilment_subscription(clock: Clock, group: str) -> Subscription:
     return Subscription(
         group=group,
-        topics=[ALLOCATIONS.name],
-        handlers={AllocationShipped.TYPE: allocation_shipped(clock)},
+        topics=[ALLOCATIONS.name, PARCELS.name],
+        handlers={
+            AllocationShipped.TYPE: allocation_shipped(clock),
+            ParcelExpired.TYPE: parcel_expired(clock),
+        },
     )

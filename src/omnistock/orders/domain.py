@@ -32,7 +32,8 @@ TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     S.CONFIRMED: frozenset({S.SHIPPED, S.CANCELLING}),
     # A parcel for a store or locker ships there first, then waits to be collected.
     S.SHIPPED: frozenset({S.DELIVERED, S.READY_FOR_PICKUP}),
-    S.READY_FOR_PICKUP: frozenset({S.COLLECTED}),
+    # A parcel nobody collects goes back to the sender: nothing was charged, the order ends.
+    S.READY_FOR_PICKUP: frozenset({S.COLLECTED, S.CANCELLING}),
     S.DELIVERED: frozenset({S.IN_TRIAL, S.COMPLETED}),
     S.COLLECTED: frozenset({S.IN_TRIAL, S.COMPLETED}),
     S.IN_TRIAL: frozenset({S.COMPLETED}),
@@ -42,7 +43,9 @@ TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
 }
 """Every move an order may make; anything else raises InvalidTransition."""
 
-CANCELLABLE = frozenset(s for s, targets in TRANSITIONS.items() if S.CANCELLING in targets)
+CANCELLABLE = frozenset(
+    s for s, targets in TRANSITIONS.items() if S.CANCELLING in targets and s != S.READY_FOR_PICKUP
+)
 """Before shipment: what a customer or staff may still cancel."""
 
 FINAL = frozenset(s for s, targets in TRANSITIONS.items() if not targets)
@@ -72,6 +75,7 @@ class CancelReason(StrEnum):
     RESERVATION_NOT_COMMITTABLE = "reservation_not_committable"
     STEP_FAILED = "step_failed"
     CONFIRMATION_TIMED_OUT = "confirmation_timed_out"
+    NOT_COLLECTED = "not_collected"
 
 
 class Decision(StrEnum):

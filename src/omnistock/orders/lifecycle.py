@@ -15,8 +15,8 @@ import asyncpg
 
 from omnistock.contracts import orders as contract
 from omnistock.orders import domain, repository, saga
-from omnistock.orders.changes import change_status, record_change
-from omnistock.orders.domain import Decision, OrderStatus, Windows
+from omnistock.orders.changes import change_status, record_change, start_compensation
+from omnistock.orders.domain import CancelReason, Decision, OrderStatus, Windows
 from omnistock.platform.clock import Clock
 
 S = OrderStatus
@@ -68,14 +68,14 @@ async def next_step(
             return saga.SETTLE_PAYMENT.name
     if status is S.COMPLETED and row["points"] == "held":
         return saga.COMMIT_POINTS.name
-    if status in (S.IN_TRIAL, S.COMPLETED) and await repository.has_received_returns(
+    if status in (S.IN_TRIAL, S.COMPLETED, S.CANCELLED) and await repository.has_received_returns(
         conn, row["order_id"]
     ):
         return saga.PROCESS_RETURNS.name
     return None
 
 
-async def _wake(
+async def wake(
     conn: asyncpg.Connection, clock: Clock, row: dict[str, Any] | asyncpg.Record
 ) -> None:
     """Schedule what the order needs now, unless a step is under way (it looks again when it
@@ -213,6 +213,22 @@ async def _after_delivery(
     )
 
 
+async def parcel_expired(conn: asyncpg.Connection, clock: Clock, order_id: str) -> None:
+    """Nobody collected the parcel in time: it goes back to the sender as a return (restocked
+    when it arrives) and the order is cancelled, its payment voided (nothing was charged) and
+    its points given back. A redelivered event changes nothing."""
+    row = await repository.order(conn, order_id, for_update=True)
+    if row is None or row["status"] != S.READY_FOR_PICKUP:
+        return
+    lines = [
+        (x["sku"], x["quantity"], x["unit_price"]) for x in await repository.lines(conn, order_id)
+    ]
+    current = await _add_return(conn, clock, row, "uncollected", 0, "not collected", lines)
+    await start_compensation(
+        conn, clock, current, CancelReason.NOT_COLLECTED, "the parcel was not collected in time"
+    )
+
+
 # -- the trial --
 
 
@@ -246,7 +262,7 @@ async def decide(
     current: dict[str, Any] | asyncpg.Record = row
     if sent_back:
         current = await _add_return(conn, clock, row, "trial", 0, None, sent_back)
-    await _wake(conn, clock, current)
+    await wake(conn, clock, current)
 
 
 async def close_trials(conn: asyncpg.Connection, clock: Clock, limit: int = 100) -> int:
@@ -254,7 +270,7 @@ async def close_trials(conn: asyncpg.Connection, clock: Clock, limit: int = 100)
     payment settles (a periodic job)."""
     order_ids = await repository.trials_ended(conn, clock.now(), limit)
     for order_id in order_ids:
-        await _wake(conn, clock, await _locked(conn, order_id))
+        await wake(conn, clock, await _locked(conn, order_id))
     return len(order_ids)
 
 
@@ -352,7 +368,7 @@ async def receive_return(
             for line in received["lines"]
         ],
     )
-    await _wake(conn, clock, await record_change(conn, clock, row, "return_received", event))
+    await wake(conn, clock, await record_change(conn, clock, row, "return_received", event))
 
 
 # -- the lifecycle steps' bookkeeping --
@@ -411,4 +427,4 @@ async def step_done(
         current = await change_status(
             conn, clock, current, step.reaches, during=step.name, completed_at=now
         )
-    await _wake(conn, clock, current)
+    await wake(conn, clock, current)

@@ -16,7 +16,7 @@ import asyncpg
 
 from omnistock.contracts import orders as contract
 from omnistock.orders import SERVICE, domain, lifecycle, repository, saga
-from omnistock.orders.changes import change_status, message
+from omnistock.orders.changes import change_status, message, start_compensation
 from omnistock.orders.domain import CancelReason, OrderStatus, RetryPolicy
 from omnistock.platform.clock import Clock
 from omnistock.platform.outbox import add_to_outbox
@@ -83,32 +83,6 @@ async def place_order(
     )
     await add_to_outbox(conn, SERVICE, [message(event, order_id, 1)], clock)
     return order_id
-
-
-async def start_compensation(
-    conn: asyncpg.Connection,
-    clock: Clock,
-    row: asyncpg.Record | dict[str, Any],
-    reason: CancelReason,
-    detail: str | None,
-) -> None:
-    """The order becomes ``cancelling``: the worker undoes its steps, then cancels it."""
-    now = clock.now()
-    await change_status(
-        conn,
-        clock,
-        row,
-        OrderStatus.CANCELLING,
-        reason=reason.value,
-        during=row["step"],
-        cancel_reason=reason.value,
-        cancel_detail=detail,
-        step=saga.compensation_from(row["step"]),
-        step_started_at=now,
-        step_attempts=0,
-        next_attempt_at=now,
-        last_error=None,
-    )
 
 
 async def cancel_order(
@@ -248,7 +222,7 @@ async def _step_done(
         if following is not None:
             await repository.update_order(conn, row["order_id"], **moved, updated_at=now)
             return
-        await change_status(
+        cancelled = await change_status(
             conn,
             clock,
             row,
@@ -257,6 +231,8 @@ async def _step_done(
             payment_token=None,
             **moved,
         )
+        # Goods that come back after all (an uncollected parcel) are restocked on receipt.
+        await lifecycle.wake(conn, clock, cancelled)
         return
     if step.reaches is None:
         await repository.update_order(conn, row["order_id"], **moved, updated_at=now)
