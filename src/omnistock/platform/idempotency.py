@@ -62,15 +62,21 @@ async def run_once(
 ) -> StoredAnswer:
     """Run ``effect`` in a transaction that also stores its answer under (principal, key).
 
-    Two concurrent requests with one key: the loser's transaction fails on the key's primary key,
-    rolls its effect back, and returns the winner's answer. Errors (4xx raised as Problem) are not
-    stored: nothing was changed, so the client may correct the request and send it again.
+    The key is claimed first (a transaction-scoped advisory lock): a second request with the
+    same key waits until the first has committed or rolled back, then finds the stored answer,
+    rather than running its effect against the state the first just left and being refused
+    (an order that already has its payment, say). Errors (4xx raised as Problem) are not stored:
+    nothing was changed, so the client may correct the request and send it again.
     """
     stored = await stored_answer(pool, principal, key, fingerprint)
     if stored is not None:
         return stored
     try:
         async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _claim(principal, key))
+            stored = await stored_answer(conn, principal, key, fingerprint)
+            if stored is not None:
+                return stored
             status, body = await effect(conn)
             await conn.execute(
                 """INSERT INTO idempotency_keys
@@ -89,6 +95,13 @@ async def run_once(
     stored = await stored_answer(pool, principal, key, fingerprint)
     assert stored is not None, "a conflicting key row must exist"
     return stored
+
+
+def _claim(principal: str, key: str) -> int:
+    """The advisory lock of (principal, key): 64 bits of its hash (a collision only makes two
+    unrelated requests wait for each other)."""
+    digest = hashlib.sha256(f"idempotency\0{principal}\0{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 async def stored_answer(
