@@ -197,8 +197,10 @@ async def authorize_payment(participants: Participants, order: SagaOrder) -> Out
     return Refused(CancelReason.PAYMENT_DECLINED, ", ".join(reasons) or str(outcome))
 
 
-LIVE_PAYMENT = frozenset({"authorizing", "authorized", "reauthorizing"})
-"""Payment statuses that hold (or may soon hold) the customer's money."""
+LIVE_PAYMENT = frozenset({"created", "authorizing", "authorized", "reauthorizing"})
+"""Payment statuses that hold (or may soon hold) the customer's money: a payment still
+``created`` may have its authorization on the way, so it is voided too (payments then refuses
+the late authorization)."""
 
 
 async def void_payment(participants: Participants, order: SagaOrder) -> Outcome:
