@@ -11,6 +11,12 @@ KAFKA_PID="$RUN_DIR/kafka.pid"
 KAFKA_LOG="$LOG_DIR/kafka.log"  # written by log4j2 (ops/kafka/log4j2.xml)
 KAFKA_OUT="$LOG_DIR/kafka.out"  # JVM stdout/stderr
 KAFKA_STAMP="$KAFKA_LIBS/.pom.sha256"
+# A second listener for clients that reach the broker through a TCP proxy (the fault drills
+# put Toxiproxy on KAFKA_PROXY_PORT, forwarding to KAFKA_PROXIED_PORT). It advertises the
+# proxy's address, so that after bootstrap those clients keep going through the proxy rather
+# than to the address the first listener advertises. Without a proxy nothing connects to it.
+KAFKA_PROXIED_PORT="${OMNISTOCK_KAFKA_PROXIED_PORT:-19094}"
+KAFKA_PROXY_PORT="${OMNISTOCK_KAFKA_PROXY_PORT:-19095}"
 
 # Short-lived JVMs (format, probe): no need for the broker's heap or JIT tiers.
 kafka_tool() {
@@ -67,9 +73,9 @@ kafka_write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,PROXIED://127.0.0.1:$KAFKA_PROXIED_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,PROXIED://127.0.0.1:$KAFKA_PROXY_PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,PROXIED:PLAINTEXT,CONTROLLER:PLAINTEXT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$KAFKA_DATA
@@ -145,6 +151,7 @@ kafka_start() {
     ensure_dirs
     require_free_port kafka "$KAFKA_PORT"
     require_free_port "kafka controller" "$KAFKA_CONTROLLER_PORT"
+    require_free_port "kafka proxied listener" "$KAFKA_PROXIED_PORT"
     kafka_ensure_java
     kafka_fetch_libs
     kafka_write_config

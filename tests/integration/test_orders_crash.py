@@ -35,7 +35,7 @@ import httpx
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from omnistock.contracts import inventory, orders, payments, pricing
+from omnistock.contracts import collection_points, inventory, orders, payments, pricing
 from omnistock.payments.psp import DEVELOPMENT_PSP_API_KEY
 from omnistock.platform import db, kafka
 from omnistock.platform.settings import Settings
@@ -61,6 +61,9 @@ DECLINE_ABOVE = 10_000  # the PSP declines larger authorizations
 ANSWER_WITHIN_S = 60  # a request unanswered this long (the service never came back) fails
 SETTLE_WITHIN_S = 60
 RETRY_PAUSE_S = 0.1
+FULFIL_SHARE = 1 / 3  # of the orders no customer cancels: shipped, handed over and settled
+SPLIT_SHARE = 0.3  # of fulfilled orders of several SKUs: a parcel per allocation
+KILL_WITHIN = 30  # the fulfilment kills land within this many handovers
 
 TERMINAL = frozenset({"cancelled", "completed"})
 WAITING = frozenset({"confirmed"})  # for its shipment; fulfil() adds where it leaves orders
@@ -178,13 +181,16 @@ class Stack:
         await process.ready()
 
 
-def start_group_at_end(settings: Settings, group: str, topic: str) -> None:
-    """Commit ``topic``'s end offsets for a new consumer group: it starts after what other
-    runs left in a shared topic instead of working through all of it on every restart."""
-    ends = end_offsets(settings, topic)
+def start_group_at_end(settings: Settings, group: str, topics: list[str]) -> None:
+    """Commit the ``topics``' end offsets for a new consumer group: it starts after what other
+    runs left in shared topics instead of working through all of them on every restart."""
     consumer = Consumer(kafka.consumer_config(settings, group))
     try:
-        offsets = [TopicPartition(topic, partition, end) for partition, end in ends.items()]
+        offsets = [
+            TopicPartition(topic, partition, end)
+            for topic in topics
+            for partition, end in end_offsets(settings, topic).items()
+        ]
         consumer.commit(offsets=offsets, asynchronous=False)
     finally:
         consumer.close()
@@ -239,7 +245,13 @@ def environment(urls: dict[str, str], groups: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture
 async def stack(settings: Settings, tmp_path: Path) -> AsyncIterator[Stack]:
-    topics = [*inventory.TOPICS, *pricing.TOPICS, *payments.TOPICS, *orders.TOPICS]
+    topics = [
+        *inventory.TOPICS,
+        *pricing.TOPICS,
+        *payments.TOPICS,
+        *orders.TOPICS,
+        *collection_points.TOPICS,
+    ]
     await asyncio.to_thread(kafka.ensure_topics, settings, topics)
     schemas = {
         name: await create_service_schema(settings, name, f"omnistock.{name}") for name in SERVICES
@@ -253,10 +265,15 @@ async def stack(settings: Settings, tmp_path: Path) -> AsyncIterator[Stack]:
     webhooks = f"{urls['payments']}/v1/psp/webhooks"
     argv["psp"] = ["payments", "psp-sim", "--port", str(ports["psp"]), "--webhook-url", webhooks]
     suffix = uuid.uuid4().hex[:8]
-    reads = {"payments": payments.PAYMENTS.name, "fulfilment": inventory.ALLOCATIONS.name}
+    # Every topic each group subscribes to: a topic left out would start from its earliest
+    # offset and hand this run everything other runs left there.
+    reads = {
+        "payments": [payments.PAYMENTS.name],
+        "fulfilment": [inventory.ALLOCATIONS.name, collection_points.PARCELS.name],
+    }
     groups = {name: f"orders-crash-{name}-{suffix}" for name in reads}
-    for name, topic in reads.items():
-        await asyncio.to_thread(start_group_at_end, settings, groups[name], topic)
+    for name, read in reads.items():
+        await asyncio.to_thread(start_group_at_end, settings, groups[name], read)
     env = environment(urls, groups)
     with ExitStack() as logs:
         processes = {
@@ -664,22 +681,203 @@ async def restart(stack: Stack, flow: Flow, service: str, placed: int) -> None:
     await stack.restart(service)
 
 
-async def fulfil(stack: Stack, flow: Flow, rng: random.Random) -> dict[str, int]:
-    """Ship, deliver and settle a share of the confirmed orders while services are still
-    being killed; returns the value of the lines each customer kept (order id -> minor
-    units), which is what the order's payments must have captured, net of refunds, in the
-    end.
+@dataclass(frozen=True)
+class Handover:
+    """How a confirmed order goes on, drawn before the run."""
 
-    Nothing yet: every order is left waiting at ``confirmed``, so nothing is captured. This
-    phase is where a seeded share of the confirmed orders goes on: their allocations shipped
-    at inventory (``POST /v1/orders/{id}/allocations/{allocation}/ship``, whose
-    allocation-shipped events move the orders to ``shipped``), delivered or collected at
-    orders (``.../shipments/{shipment}/delivered``, ``.../ready-for-pickup``,
-    ``.../collect``), try-before-you-buy lines kept or sent back (``.../trial-decisions``)
-    and a few completed orders returned (``.../returns``, then received). It then adds the
-    states it leaves orders waiting in to ``WAITING``, lets ``unsettled`` wait for the
-    settlement steps, and draws some of the kills over its own progress."""
-    return {}
+    index: int  # the plan's
+    split: bool  # a parcel per allocation, else all in one
+    keeps: dict[str, bool]  # try before you buy: per SKU, kept (else sent back)
+
+
+def draw_handovers(rng: random.Random, flow: Flow) -> list[Handover]:
+    """The same draws for every plan, chosen or not: a seed picks the same orders and the
+    same answers whichever orders the saga happens to cancel."""
+    drawn = []
+    for index, plan in enumerate(flow.plans):
+        chosen = rng.random() < FULFIL_SHARE
+        handover = Handover(
+            index, rng.random() < SPLIT_SHARE, {s: rng.random() < 0.5 for s in plan.lines}
+        )
+        # A customer who cancels races the shipment; that is the cancellation tests' matter.
+        if chosen and plan.cancellation is None:
+            drawn.append(handover)
+    return drawn
+
+
+class Handovers:
+    """How many orders have been handed to their customers (delivered or collected): the
+    clock that the fulfilment's kills and restarts go by."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.count = 0
+        self._changed = asyncio.Condition()
+
+    async def one_more(self) -> None:
+        async with self._changed:
+            self.count += 1
+            self._changed.notify_all()
+
+    async def reached(self, count: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.count >= min(count, self.expected))
+
+
+class Statuses:
+    """The statuses of the orders being fulfilled, read from the orders table (which answers
+    while the service is down) in one query a round for every order waiting on one."""
+
+    def __init__(self, stack: Stack, order_ids: list[str]) -> None:
+        self.pool = stack.pools["orders"]
+        self.order_ids = order_ids
+        self.now: dict[str, str] = {}
+
+    async def watch(self) -> None:
+        while True:
+            rows = await self.pool.fetch(
+                "SELECT order_id::text, status FROM orders WHERE order_id = ANY($1::uuid[])",
+                self.order_ids,
+            )
+            self.now = {row["order_id"]: row["status"] for row in rows}
+            await asyncio.sleep(0.2)
+
+    async def reached(self, order_id: str, wanted: frozenset[str]) -> str:
+        status: str = await wait_for(
+            lambda: self.now.get(order_id) in wanted and self.now[order_id],
+            ANSWER_WITHIN_S,
+            what=f"order {order_id} to be {sorted(wanted)}",
+        )
+        return status
+
+
+async def sent(
+    clients: Clients,
+    client: httpx.AsyncClient,
+    url: str,
+    headers: dict[str, str],
+    body: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    response = await clients.answered(lambda: client.post(url, json=body, headers=headers), url)
+    ok(response)
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+async def hand_over(
+    clients: Clients, statuses: Statuses, handovers: Handovers, order_id: str, drawn: Handover
+) -> Callable[[], Awaitable[int]]:
+    """Ship the order, deliver or collect it and, for a trial, answer for every line; the
+    answer waits for its settlement and tells the value kept."""
+    settings, index = clients.settings, drawn.index
+    staff = bearer(settings, "crash-carrier", ["orders:read", "orders:fulfil"])
+    warehouse = bearer(settings, "crash-warehouse", ["inventory:fulfil"])
+    url = f"/v1/orders/{order_id}"
+    viewed = await clients.answered(lambda: clients.orders.get(url, headers=staff), url)
+    ok(viewed)
+    view = viewed.json()
+    parcels: list[str] = []
+    for n, allocation in enumerate(view["allocations"]):
+        parcel = f"parcel-{order_id}-{n if drawn.split else 0}"
+        parcels += [] if parcel in parcels else [parcel]
+        ship = f"{url}/allocations/{allocation['allocation_id']}/ship"
+        await sent(clients, clients.inventory, ship, warehouse, {"shipment_id": parcel})
+    await statuses.reached(order_id, frozenset({"shipped"}))
+    if view["delivery"]["kind"] == "home":
+        for parcel in parcels:
+            key = {"Idempotency-Key": f"deliver-{index}-{parcel}"}
+            await sent(clients, clients.orders, f"{url}/shipments/{parcel}/delivered", staff | key)
+    else:
+        key = {"Idempotency-Key": f"ready-{index}"}
+        ready = await sent(clients, clients.orders, f"{url}/ready-for-pickup", staff | key, {})
+        key = {"Idempotency-Key": f"collect-{index}"}
+        code = {"pickup_code": ready["pickup_code"]}
+        await sent(clients, clients.orders, f"{url}/collect", staff | key, code)
+    await handovers.one_more()
+    kept: int = view["total"]
+    if view["payment"]["method"] == "try_before_you_buy":
+        kept = 0
+        for line in view["lines"]:
+            keep = drawn.keeps[line["sku"]]
+            kept += line["quantity"] * line["unit_price"] if keep else 0
+            decision = {"sku": line["sku"], "decision": "keep" if keep else "return"}
+            # A line at a time: an answer to some lines must wait for the others.
+            customer = {
+                **bearer(settings, view["customer_id"], ["customer"]),
+                "Idempotency-Key": f"decide-{index}-{line['sku']}",
+            }
+            await sent(
+                clients, clients.orders, f"{url}/trial-decisions", customer, {"lines": [decision]}
+            )
+
+    async def settled() -> int:
+        await statuses.reached(order_id, frozenset({"completed"}))
+        return kept
+
+    return settled
+
+
+async def kill_over(stack: Stack, handovers: Handovers, kill: Kill) -> Hit:
+    await handovers.reached(kill.at)
+    hit = Hit(kill, await mid_saga(stack))
+    await asyncio.to_thread(stack.processes[kill.service].kill)
+    await handovers.reached(kill.at + kill.down_until)
+    await stack.restart(kill.service)
+    return hit
+
+
+async def fulfil(stack: Stack, flow: Flow, rng: random.Random) -> dict[str, int]:
+    """Ship, deliver and settle a share of the confirmed orders while orders and payments are
+    killed once more each; returns the value of the lines each customer kept (order id ->
+    minor units), which is what the order's payments must have captured, net of refunds, in
+    the end.
+
+    A seeded share of the orders no customer cancels goes on once confirmed: their
+    allocations shipped at inventory (whose allocation-shipped events move the orders to
+    ``shipped``), delivered (home, a parcel at a time) or made ready for pickup and collected
+    with the pickup code (store, locker), try-before-you-buy lines kept or sent back, and
+    each order waited for until it is ``completed``. The kills go by the orders handed over,
+    never by the clock; payments stays down while more are handed over (nothing of that needs
+    it), orders comes back at once."""
+    started = time.monotonic()
+    drawn = draw_handovers(rng, flow)
+    kills = [
+        Kill("orders", rng.randint(1, KILL_WITHIN), 0),
+        Kill("payments", rng.randint(1, KILL_WITHIN), rng.randint(0, 10)),
+    ]
+    statuses = Statuses(stack, [flow.placed[d.index] for d in drawn])
+    watching = asyncio.create_task(statuses.watch())
+    try:
+        # Only an order the saga confirmed is shipped; the others it cancels meanwhile.
+        for order_id in statuses.order_ids:
+            await statuses.reached(order_id, frozenset({"confirmed", "cancelled"}))
+        going = [d for d in drawn if statuses.now[flow.placed[d.index]] == "confirmed"]
+        assert going, "no order to fulfil"
+        handovers = Handovers(len(going))
+        limit = asyncio.Semaphore(CLIENTS)
+        kept: dict[str, int] = {}
+
+        async def one(order_id: str, handover: Handover) -> None:
+            async with limit:
+                settled = await hand_over(clients, statuses, handovers, order_id, handover)
+            # Waiting for a settlement holds no client: the handovers that bring payments
+            # back must go on meanwhile.
+            kept[order_id] = await settled()
+
+        async with customers_of(stack) as clients, asyncio.TaskGroup() as group:
+            hits = [group.create_task(kill_over(stack, handovers, kill)) for kill in kills]
+            for handover in going:
+                group.create_task(one(flow.placed[handover.index], handover))
+    finally:
+        watching.cancel()
+    landed = [hit.result() for hit in hits]
+    print(
+        f"fulfilled {len(kept)} orders in {time.monotonic() - started:.1f}s; "
+        f"kills (service, at, mid lifecycle) "
+        f"{[(h.kill.service, h.kill.at, h.mid_saga) for h in landed]}"
+    )
+    assert all(hit.mid_saga > 0 for hit in landed), f"a kill landed on idle orders: {landed}"
+    return kept
 
 
 # -- the end state --
@@ -866,7 +1064,7 @@ async def check_payments(stack: Stack, ends: dict[str, Order], kept: dict[str, i
             check_payment(payment, psp[payment.payment_id], captures[payment.payment_id])
         charged = sum(p.captured - p.refunded for p in of_order[order.order_id])
         assert charged == kept.get(order.order_id, 0), f"order {order.order_id}: {charged}"
-        if order.status == "cancelled":
+        if order.status in TERMINAL:
             check_released(order, of_order[order.order_id])
         elif order.status in WAITING:
             check_held(order, of_order[order.order_id])
@@ -893,6 +1091,7 @@ def check_payment(
 
 
 def check_released(order: Order, found: list[Payment]) -> None:
+    """An order that ended holds no money: what was authorized was captured or released."""
     for payment in found:
         assert payment.status not in HOLDS_MONEY, f"cancelled {order.order_id}: {payment}"
         assert payment.authorized == payment.released + payment.captured, payment
@@ -935,8 +1134,9 @@ async def test_orders_and_payments_killed_under_load_leave_every_order_settled_a
         killing = group.create_task(chaos(stack, flow, kills))
         group.create_task(watch_stages(stack, flow))
         await place_all(clients, shop, flow)
+        # The fulfilment kills services of its own accord: the placing's kills are over first.
+        hits = await killing
         kept = await fulfil(stack, flow, rng)
-    hits = killing.result()
     customers_s = time.monotonic() - started
     await settle(stack)
     ends = await final_orders(stack)
@@ -959,6 +1159,7 @@ async def test_orders_and_payments_killed_under_load_leave_every_order_settled_a
         assert process.popen is not None
         assert process.popen.poll() is None, f"{process.name} died by itself:\n{process.tail()}"
     # Both the happy path and compensation ran while the services were being killed.
-    assert outcomes["confirmed"] > ORDERS / 2, outcomes
+    assert outcomes["confirmed"] + outcomes["completed"] > ORDERS / 2, outcomes
+    assert outcomes["completed"] == len(kept), "an order completed that nobody fulfilled"
     assert outcomes["cancelled:cancelled_by_customer"] > 0, outcomes
     assert outcomes["cancelled:payment_declined"] > 0, outcomes

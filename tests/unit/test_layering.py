@@ -9,7 +9,7 @@ import omnistock
 
 ROOT = Path(omnistock.__file__).parent
 SHARED = {"platform", "contracts"}
-COMPOSITION = {"cli", "services", "bench", "__init__"}  # the root may know every service
+COMPOSITION = {"cli", "services", "bench", "sim", "__init__"}  # the root may know every service
 
 
 def service_packages() -> list[str]:
