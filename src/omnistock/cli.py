@@ -306,17 +306,25 @@ def outbox_requeue(
 @app.command()
 def bench(
     name: Annotated[
-        str, typer.Argument(help="outbox | codec | reservations | pricing | storefront")
+        str,
+        typer.Argument(help="outbox | codec | reservations | pricing | storefront | orders"),
     ],
     json: Annotated[
         bool, typer.Option("--json", help="print one JSON object as the last line")
     ] = False,
     seconds: Annotated[float, typer.Option(help="length of each measured phase")] = 10.0,
+    rate: Annotated[
+        float | None, typer.Option(help="orders: orders offered per second (latency phase)")
+    ] = None,
+    clients: Annotated[int | None, typer.Option(help="orders: concurrent clients")] = None,
+    skus: Annotated[int | None, typer.Option(help="orders: SKUs stocked and priced")] = None,
 ) -> None:
     """Run a benchmark against the local stack, with its baseline measured in the same run."""
     from omnistock.bench import run_benchmark
 
-    run_benchmark(name, as_json=json, seconds=seconds)
+    options = {"rate": rate, "clients": clients, "skus": skus}
+    given = {key: value for key, value in options.items() if value is not None}
+    run_benchmark(name, as_json=json, seconds=seconds, options=given)
 
 
 experiment_app = typer.Typer(

@@ -57,6 +57,8 @@ def test_second_up_is_a_no_op_and_down_leaves_nothing_running(tmp_path: Path) ->
         "OMNISTOCK_PG_PORT": str(free_port()),
         "OMNISTOCK_KAFKA_PORT": str(free_port()),
         "OMNISTOCK_KAFKA_CONTROLLER_PORT": str(free_port()),
+        "OMNISTOCK_KAFKA_PROXIED_PORT": str(free_port()),
+        "OMNISTOCK_KAFKA_PROXY_PORT": str(free_port()),
         "OMNISTOCK_MARIADB_PORT": str(free_port()),
         "OMNISTOCK_KAFKA_LIBS": str(REPO / ".cache" / "kafka" / "libs"),
     }

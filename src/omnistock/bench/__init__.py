@@ -5,6 +5,8 @@ drift in absolute numbers while ratios hold."""
 from __future__ import annotations
 
 import importlib
+import inspect
+from typing import Any
 
 import typer
 
@@ -14,10 +16,19 @@ BENCHMARKS = {
     "reservations": "omnistock.bench.reservations",
     "pricing": "omnistock.bench.pricing",
     "storefront": "omnistock.bench.storefront",
+    "orders": "omnistock.bench.orders",
 }
 
 
-def run_benchmark(name: str, *, as_json: bool, seconds: float) -> None:
+def run_benchmark(
+    name: str, *, as_json: bool, seconds: float, options: dict[str, Any] | None = None
+) -> None:
+    """``options``: the benchmark's own knobs (rate, clients, ...), given only when set."""
     if name not in BENCHMARKS:
         raise typer.BadParameter(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
-    importlib.import_module(BENCHMARKS[name]).run(as_json=as_json, seconds=seconds)
+    run = importlib.import_module(BENCHMARKS[name]).run
+    given = options or {}
+    unknown = sorted(set(given) - set(inspect.signature(run).parameters))
+    if unknown:
+        raise typer.BadParameter(f"bench {name} takes no {', '.join('--' + o for o in unknown)}")
+    run(as_json=as_json, seconds=seconds, **given)

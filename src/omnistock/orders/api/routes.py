@@ -6,6 +6,7 @@ not exist for it (404, so ids cannot be probed). Staff and services use ``orders
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import asyncpg
@@ -67,6 +68,23 @@ async def check_access(
         raise not_found(order_id)
 
 
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """One request to place an order: who asks, for which customer, under which key."""
+
+    state: State
+    body: OrderIn
+    subject: str
+    customer_id: str
+    key: str
+    fingerprint: str
+
+    async def stored(self) -> idempotency.StoredAnswer | None:
+        return await idempotency.stored_answer(
+            self.state.runtime.pool, self.subject, self.key, self.fingerprint
+        )
+
+
 @router.post("/orders", status_code=201)
 async def place_order(
     body: OrderIn,
@@ -74,65 +92,113 @@ async def place_order(
     principal: Annotated[Principal, requires(WRITE, CUSTOMER_SCOPE)],
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> FastJSONResponse:
-    """Place an order against its checkout reservation. Prices are checked against pricing
-    (beyond the tolerance: 409 naming the lines) and the reservation against the lines; the
-    order and OrderPlaced commit together and the reply comes at once, status ``placed``.
-    The saga carries on in the background; read the order (or its events) for the rest."""
+    """Place an order against its checkout reservation, or, without one, against a
+    reservation of its lines that it makes itself (all or nothing: a shortfall is a 409 naming
+    the lines). Prices are checked against pricing (beyond the tolerance: 409 naming the lines)
+    and a given reservation against the lines; the order and OrderPlaced commit together and
+    the reply comes at once, status ``placed``. The saga carries on in the background; read
+    the order (or its events) for the rest."""
     state = State(request)
-    customer_id = customer_of(principal, body.customer_id)
     key = idempotency.checked_key(idempotency_key)
     assert key is not None
-    fingerprint = idempotency.request_fingerprint(
-        "POST", "/v1/orders", body.model_dump(mode="json")
+    placement = Placement(
+        state,
+        body,
+        principal.subject,
+        customer_of(principal, body.customer_id),
+        key,
+        idempotency.request_fingerprint("POST", "/v1/orders", body.model_dump(mode="json")),
     )
     # A repeat gets the first answer, whatever prices have done since.
-    stored = await idempotency.stored_answer(
-        state.runtime.pool, principal.subject, key, fingerprint
-    )
+    stored = await placement.stored()
     if stored is None:
-        await intake.check_prices(state.participants, body, state.own.price_tolerance_bp)
-        await intake.check_reservation(state.participants, body, customer_id)
-
-        async def effect(conn: asyncpg.Connection) -> tuple[int, Any]:
-            order = {
-                "customer_id": customer_id,
-                "channel_id": body.channel_id,
-                "platform": body.platform,
-                "currency": body.currency,
-                "reservation_id": body.reservation_id,
-                "lines": [line.model_dump() for line in body.lines],
-                "delivery": body.delivery.model_dump(mode="json"),
-                "payment_method": body.payment.method,
-                "payment_token": body.payment.token,
-                "loyalty_points": body.loyalty_points,
-            }
-            order_id = await service.place_order(
-                conn, state.clock, order, state.own.confirm_within()
+        if body.reservation_id is None:
+            stored = await place_reserving(placement)
+        else:
+            await intake.check_prices_and_reservation(
+                state.participants,
+                body,
+                body.reservation_id,
+                placement.customer_id,
+                state.own.price_tolerance_bp,
             )
-            return 201, await service.order_view(conn, order_id)
-
-        try:
-            stored = await idempotency.run_once(
-                state.runtime.pool, principal.subject, key, fingerprint, effect
-            )
-        except asyncpg.UniqueViolationError as exc:
-            if exc.constraint_name != "orders_reservation_id_key":
-                raise
-            # The same request under the same key may have won the race: its answer stands.
-            stored = await idempotency.stored_answer(
-                state.runtime.pool, principal.subject, key, fingerprint
-            )
-            if stored is None:
-                raise Problem(
-                    409,
-                    "Reservation already used",
-                    f"reservation {body.reservation_id} belongs to another order",
-                    type_="reservation-used",
-                    errors=[{"field": "reservation_id", "message": "used by another order"}],
-                ) from None
+            stored = await write_order(placement, body.reservation_id)
         state.worker.wakeup.set()
     headers = {"Idempotent-Replayed": "true"} if stored.replayed else {}
     return FastJSONResponse(stored.body, status_code=stored.status, headers=headers)
+
+
+async def place_reserving(placement: Placement) -> idempotency.StoredAnswer:
+    """Prices first, then the reservation (never stock held for an order refused on price),
+    then the order on it; the reservation is released if the order was not written."""
+    participants, body = placement.state.participants, placement.body
+    await intake.check_prices(participants, body, placement.state.own.price_tolerance_bp)
+    reservation_id = await intake.reserve_lines(
+        participants,
+        body,
+        placement.customer_id,
+        intake.reservation_key(placement.subject, placement.key, placement.fingerprint),
+    )
+    try:
+        return await write_order(placement, reservation_id)
+    except Problem:
+        # Refused as another request's: the reservation is a repeat's order's, or (the key
+        # taken meanwhile for another body) nobody's, and then it lapses with its time to live.
+        raise
+    except Exception:
+        if await not_written(placement):
+            await intake.release_reservation(participants, reservation_id)
+        raise
+
+
+async def not_written(placement: Placement) -> bool:
+    """Whether the order certainly was not written (its answer is stored in its transaction).
+    When the database cannot tell, it may have been: its reservation is then left to lapse
+    rather than taken from an order that would be cancelled for the want of it."""
+    try:
+        return await placement.stored() is None
+    except Exception:
+        return False
+
+
+async def write_order(placement: Placement, reservation_id: str) -> idempotency.StoredAnswer:
+    """The order and OrderPlaced in one transaction, once per Idempotency-Key."""
+    state, body = placement.state, placement.body
+
+    async def effect(conn: asyncpg.Connection) -> tuple[int, Any]:
+        order = {
+            "customer_id": placement.customer_id,
+            "channel_id": body.channel_id,
+            "platform": body.platform,
+            "currency": body.currency,
+            "reservation_id": reservation_id,
+            "lines": [line.model_dump() for line in body.lines],
+            "delivery": body.delivery.model_dump(mode="json"),
+            "payment_method": body.payment.method,
+            "payment_token": body.payment.token,
+            "loyalty_points": body.loyalty_points,
+        }
+        order_id = await service.place_order(conn, state.clock, order, state.own.confirm_within())
+        return 201, await service.order_view(conn, order_id)
+
+    try:
+        return await idempotency.run_once(
+            state.runtime.pool, placement.subject, placement.key, placement.fingerprint, effect
+        )
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name != "orders_reservation_id_key":
+            raise
+        # The same request under the same key may have won the race: its answer stands.
+        stored = await placement.stored()
+        if stored is None:
+            raise Problem(
+                409,
+                "Reservation already used",
+                f"reservation {reservation_id} belongs to another order",
+                type_="reservation-used",
+                errors=[{"field": "reservation_id", "message": "used by another order"}],
+            ) from None
+        return stored
 
 
 @router.get("/orders")

@@ -65,7 +65,11 @@ class OrderIn(BaseModel):
         default=None, pattern=REFERENCE, description="required for staff; a customer: itself"
     )
     currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217")
-    reservation_id: str = Field(pattern=UUID_PATTERN, description="the checkout's reservation")
+    reservation_id: str | None = Field(
+        default=None,
+        pattern=UUID_PATTERN,
+        description="the checkout's reservation; left out, the order reserves its lines itself",
+    )
     lines: list[LineIn] = Field(min_length=1, max_length=MAX_LINES)
     delivery: Delivery
     payment: PaymentIn
