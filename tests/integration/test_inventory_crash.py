@@ -299,13 +299,16 @@ async def test_kill_9_under_load_loses_no_acknowledged_change_and_no_availabilit
         asyncio.create_task(load(server, token, net, n, acked, stop)) for n in range(WORKERS)
     ]
     try:
+        # Time under load, and at least that much acknowledged work (a loaded machine is slow).
         await asyncio.sleep(LOAD_BEFORE_KILL_S)
+        await wait_for(lambda: acked.total > 50, 60, what="load before the kill")
         before_kill = acked.total
         server.kill()
         server.start()
         await server.ready()
         after_restart = acked.total
         await asyncio.sleep(LOAD_AFTER_RESTART_S)
+        await wait_for(lambda: acked.total - after_restart > 50, 60, what="load after the restart")
     finally:
         stop.set()
         await asyncio.gather(*workers)
