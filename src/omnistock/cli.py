@@ -373,7 +373,10 @@ def experiment_cancellations(
     """The same seeded demand against the legacy monolith's stock copies (MariaDB) and against
     omnistock's services: orders accepted and later cancelled for lack of stock, in each.
     Options left out take the demo size (omnistock.sim.experiment.Options)."""
+    from omnistock.platform.kafka import silence_client_log
     from omnistock.sim.experiment import Options, run_experiment
+
+    silence_client_log()
 
     given: dict[str, Any] = {
         "seed": seed,
@@ -411,9 +414,11 @@ def simulate(
 ) -> None:
     """Retail traffic on a fresh fleet of every service: browsing, checkouts, store and
     warehouse stock changes, a flash sale, fulfilment; then the stock is checked."""
+    from omnistock.platform.kafka import silence_client_log
     from omnistock.sim.simulate import WorldSize, main
     from omnistock.sim.traffic import SimOptions
 
+    silence_client_log()
     options = SimOptions(
         seed=seed, rate=rate, duration_s=duration, drain_s=drain, flash_customers=flash, live=live
     )
@@ -444,7 +449,10 @@ def drill(
 ) -> None:
     """Under load, kill -9 every service, the broker and the database, and slow, reset and cut
     their links: time each recovery and check the invariants after each fault."""
+    from omnistock.platform.kafka import silence_client_log
     from omnistock.sim.drill import DrillOptions, run_drill
+
+    silence_client_log()
     from omnistock.sim.drill_load import LOADS
     from omnistock.sim.faults import chosen_faults
 
@@ -472,7 +480,10 @@ def demo(
     """The whole platform at a demo size: retail traffic through every service, the
     cancellation experiment against the legacy model, fault drills with the invariant
     checker; then an HTML report with plots and a summary table."""
+    from omnistock.platform.kafka import silence_client_log
     from omnistock.sim.demo import DemoOptions, default_out, run_demo
+
+    silence_client_log()
 
     options = DemoOptions(out=out or default_out(), seed=seed, seconds=seconds, rate=rate)
     raise typer.Exit(run_demo(options))

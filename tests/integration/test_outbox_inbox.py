@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from typing import Any
 
 import pytest
@@ -351,3 +352,54 @@ async def test_database_outages_do_not_count_towards_dead_lettering(sandbox: San
     assert script == []
     parked = await asyncio.to_thread(read_topic, sandbox.settings, sandbox.dead_letter_topic, 2)
     assert parked == []
+
+
+async def test_a_consumer_fenced_for_good_joins_again_and_loses_nothing(sandbox: Sandbox) -> None:
+    """A static member whose instance id another client takes (as after a broker restart,
+    seen in the drills) gets a fatal error from its client; it must come back on its own."""
+    from confluent_kafka import Consumer
+
+    from omnistock.contracts.demo import PingSent
+    from omnistock.platform.consumer import EventConsumer, Subscription
+    from omnistock.platform.outbox import OutboxRelay
+
+    settings = sandbox.settings.model_copy(
+        update={"consumer_instance_id": f"fenced-{sandbox.group}"}
+    )
+    consumer = EventConsumer(
+        settings,
+        sandbox.pool,
+        Subscription(
+            group=sandbox.group,
+            topics=[sandbox.topic],
+            handlers={PingSent.TYPE: service.apply_pings},
+        ),
+    )
+    stop = asyncio.Event()
+    tasks = [
+        asyncio.create_task(OutboxRelay(settings, sandbox.schema).run(stop)),
+        asyncio.create_task(consumer.run(stop)),
+    ]
+
+    def impostor_joins() -> None:
+        impostor = Consumer(kafka.consumer_config(settings, sandbox.group))
+        try:
+            impostor.subscribe([sandbox.topic])
+            deadline = time.monotonic() + 30
+            while not impostor.assignment() and time.monotonic() < deadline:
+                impostor.poll(0.2)
+            assert impostor.assignment(), "the impostor never got the partitions"
+        finally:
+            impostor.close()
+
+    try:
+        await send(sandbox, "eta", 50)
+        await wait_count(sandbox, "SELECT count(*) FROM pongs", 50)
+        await asyncio.to_thread(impostor_joins)
+        await wait_for(lambda: consumer.restarts >= 1, 60, what="the fenced client replaced")
+        await send(sandbox, "theta", 50)
+        await wait_count(sandbox, "SELECT count(*) FROM pongs", 100)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    await assert_each_ping_applied_once(sandbox, 100)

@@ -36,6 +36,9 @@ Handler = Callable[[asyncpg.Connection, Sequence[events.Event[Any]]], Awaitable[
 APPLIED = Counter("omnistock_consumer_applied_total", "Events applied", ["group"])
 DUPLICATES = Counter("omnistock_consumer_duplicates_total", "Redelivered events dropped", ["group"])
 DEAD_LETTERED = Counter("omnistock_consumer_dead_lettered_total", "Events dead-lettered", ["group"])
+RESTARTS = Counter(
+    "omnistock_consumer_restarts_total", "Kafka clients replaced after a fatal error", ["group"]
+)
 LAG = Gauge("omnistock_consumer_lag", "Messages behind the end of the topic", ["group", "topic"])
 
 TRANSIENT = (
@@ -92,13 +95,39 @@ class EventConsumer:
         self._applied_lock = threading.Lock()
         self._inbox_group_id: int | None = None
         self._last_commit = 0.0
+        self._fatal: str | None = None  # why the current client failed for good
+        self.restarts = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         if not await self._resolve_group_id(stop):
             return
-        consumer = Consumer(consumer_config(self._settings, self._sub.group, **self._sub.config))
-        self._consumer = consumer
         self._dlq = self._dlq or create_producer(self._settings)
+        try:
+            while not stop.is_set():
+                self._fatal = None
+                consumer = Consumer(
+                    consumer_config(self._settings, self._sub.group, **self._sub.config)
+                )
+                self._consumer = consumer
+                await self._consume(consumer, stop)
+                if self._fatal is not None and not stop.is_set():
+                    # A fatal error ends a Kafka client for good (a static member fenced after
+                    # the broker came back, say): a new one joins again from the committed
+                    # offsets, and the inbox drops what this one applied but never committed.
+                    self.restarts += 1
+                    RESTARTS.labels(self._sub.group).inc()
+                    log.error(
+                        "consumer failed for good, joining again",
+                        group=self._sub.group,
+                        error=self._fatal,
+                    )
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 1.0)
+        finally:
+            await asyncio.to_thread(self._dlq.flush, 10)
+
+    async def _consume(self, consumer: Consumer, stop: asyncio.Event) -> None:
+        """Until asked to stop or the client fails for good."""
         consumer.subscribe(
             list(self._sub.topics), on_assign=self._on_assign, on_revoke=self._on_revoke
         )
@@ -106,7 +135,7 @@ class EventConsumer:
         # Batches are still applied one after the other, in order.
         applying: asyncio.Task[bool] | None = None
         try:
-            while not stop.is_set():
+            while not stop.is_set() and self._fatal is None:
                 messages = await asyncio.to_thread(self._next_batch, consumer)
                 decoded = self._decode(messages)
                 if applying is not None:
@@ -128,8 +157,9 @@ class EventConsumer:
             # Close leaves the group at once, so partitions move to a survivor without waiting
             # for the session timeout; what was applied is committed first.
             await asyncio.to_thread(self._commit_applied, consumer)
-            await asyncio.to_thread(consumer.close)
-            await asyncio.to_thread(self._dlq.flush, 10)
+            with contextlib.suppress(KafkaException, RuntimeError):
+                await asyncio.to_thread(consumer.close)
+            self.assigned = []
 
     def _next_batch(self, consumer: Consumer) -> list[Message]:
         # consume(n, timeout) waits until it has n messages or the timeout passes, which at a
@@ -147,11 +177,17 @@ class EventConsumer:
             try:
                 consumer.commit(offsets=unsent, asynchronous=True)
             except KafkaException as exc:  # a lost commit only means redelivery
+                self._note_fatal(exc)
                 log.warning("offset commit failed", group=self._sub.group, error=str(exc))
         first = consumer.poll(0.2)
         if first is None:
             return []
         return [first, *consumer.consume(self._settings.consumer_batch_size - 1, 0)]
+
+    def _note_fatal(self, exc: KafkaException) -> None:
+        error = exc.args[0] if exc.args else None
+        if isinstance(error, KafkaError) and _is_fatal(error):
+            self._fatal = str(error)
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned = list(partitions)
@@ -184,7 +220,9 @@ class EventConsumer:
         for message in messages:
             error = message.error()
             if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
+                if _is_fatal(error):
+                    self._fatal = str(error)
+                elif error.code() != KafkaError._PARTITION_EOF:
                     log.warning("consume error", error=str(error))
                 continue
             try:
@@ -417,3 +455,8 @@ async def group_id(conn: asyncpg.Connection, group: str) -> int:
         )
     assert found is not None
     return found
+
+
+def _is_fatal(error: KafkaError) -> bool:
+    # The client reports its fatal state as an error event whose own fatal flag is unset.
+    return bool(error.fatal()) or error.code() == KafkaError._FATAL

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
@@ -23,6 +28,76 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
+# librdkafka's own log lines come here instead of raw to stderr: as structured events, and a
+# line that repeats (every client logs a failed connect several times a second while a broker
+# is away) once per ``REPEAT_S`` with how many were held back.
+CLIENT_LOG = logging.getLogger("omnistock.kafka")
+REPEAT_S = 30.0
+_DIGITS = re.compile(r"\d+(\.\d+)?")
+
+
+class Repeats(logging.Filter):
+    """Passes a librdkafka line the first time, then once per ``every_s`` while it repeats."""
+
+    def __init__(self, every_s: float = REPEAT_S, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self.every_s, self.clock = every_s, clock
+        self._shown: dict[tuple[str, str], float] = {}
+        self._held: dict[tuple[str, str], int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        facility, message = _parts(record)
+        # Durations and counters differ from one repeat to the next; the rest says what it is.
+        key = (facility, _DIGITS.sub("#", message))
+        now = self.clock()
+        shown = self._shown.get(key)
+        if shown is not None and now - shown < self.every_s:
+            self._held[key] = self._held.get(key, 0) + 1
+            return False
+        self._shown[key] = now
+        record.held_back = self._held.pop(key, 0)
+        if len(self._shown) > 1000:  # a long outage of many brokers: forget the oldest
+            oldest = min(self._shown, key=self._shown.__getitem__)
+            del self._shown[oldest]
+        return True
+
+
+class _Structured(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        facility, message = _parts(record)
+        structlog.get_logger("kafka").log(
+            record.levelno,
+            "kafka_client",
+            facility=facility,
+            detail=message,
+            held_back=getattr(record, "held_back", 0),
+        )
+
+
+def _parts(record: logging.LogRecord) -> tuple[str, str]:
+    # The client logs ("%s [%s] %s", facility, client name, message).
+    args = record.args if isinstance(record.args, tuple) else ()
+    if len(args) == 3:
+        return str(args[0]), str(args[2])
+    return "", record.getMessage()
+
+
+def _client_log() -> logging.Logger:
+    if not CLIENT_LOG.handlers:
+        handler = _Structured()
+        handler.addFilter(Repeats())
+        CLIENT_LOG.addHandler(handler)
+        CLIENT_LOG.propagate = False
+        CLIENT_LOG.setLevel(logging.INFO)
+    return CLIENT_LOG
+
+
+def silence_client_log() -> None:
+    """For a process whose Kafka clients only observe (the simulator, the drills): their
+    connection errors while a drill has the broker down are expected, not news."""
+    _client_log().setLevel(logging.CRITICAL + 1)
+
+
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
         "bootstrap.servers": settings.kafka_bootstrap,
@@ -33,6 +108,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "compression.type": "lz4",
         "message.timeout.ms": 30000,
         "client.id": "omnistock",
+        "logger": _client_log(),
     }
     config.update(overrides)
     return config
@@ -52,6 +128,7 @@ def consumer_config(settings: Settings, group: str, **overrides: Any) -> dict[st
         "max.poll.interval.ms": 300000,
         "fetch.wait.max.ms": 20,
         "client.id": "omnistock",
+        "logger": _client_log(),
     }
     if settings.consumer_instance_id:
         config["group.instance.id"] = settings.consumer_instance_id
@@ -64,7 +141,11 @@ def create_producer(settings: Settings, **overrides: Any) -> Producer:
 
 
 def admin_client(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "logger": _client_log(),
+    }
+    return AdminClient(config)
 
 
 def topic_config(spec: TopicSpec, settings: Settings) -> dict[str, str]:

@@ -27,6 +27,7 @@ from omnistock.contracts.payments import PAYMENTS
 from omnistock.contracts.topics import ALL_TOPICS
 from omnistock.platform import db, kafka
 from omnistock.platform.auth import mint_token
+from omnistock.platform.children import die_with_parent
 from omnistock.platform.migrations import migrate, migrations_for
 from omnistock.platform.settings import Settings
 from omnistock.services import SERVICES as REGISTRY
@@ -85,7 +86,11 @@ class Member:
     def spawn(self) -> None:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                self.command, env=self.env, stdout=out, stderr=subprocess.STDOUT
+                self.command,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,
             )
         self.starts += 1
 

@@ -11,10 +11,8 @@ second listener (``OMNISTOCK_KAFKA_PROXIED_PORT``) that advertises the proxy's a
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -25,11 +23,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from omnistock.platform.children import die_with_parent
+
 TOXIPROXY = "github.com/Shopify/toxiproxy/v2/cmd/server"
 TOXIPROXY_VERSION = "v2.5.0"
 KAFKA_PROXIED_PORT = int(os.environ.get("OMNISTOCK_KAFKA_PROXIED_PORT", "19094"))
 KAFKA_PROXY_PORT = int(os.environ.get("OMNISTOCK_KAFKA_PROXY_PORT", "19095"))
-PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 class ToxiproxyUnavailable(RuntimeError):
@@ -146,7 +145,7 @@ class Toxiproxy:
                 [str(self.binary), "-host", "127.0.0.1", "-port", str(self.api_port)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
 
     async def add(self, name: str, upstream: str, listen_port: int = 0) -> Link:
@@ -200,10 +199,3 @@ class Toxiproxy:
     def _checked(answer: httpx.Response, what: str) -> None:
         if answer.status_code >= 300:
             raise ToxiproxyUnavailable(f"{what}: {answer.status_code} {answer.text[:300]}")
-
-
-def _die_with_parent() -> None:
-    """In the child: SIGTERM when the drill's process dies, however it dies (an abort skips
-    every cleanup), so that no proxy outlives its run holding the broker's fixed port."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
