@@ -157,7 +157,12 @@ def topic_config(spec: TopicSpec, settings: Settings) -> dict[str, str]:
                 # Keep tombstones long enough for slow readers to see deletes.
                 "delete.retention.ms": str(24 * 3600 * 1000),
                 "min.compaction.lag.ms": "0",
+                # Only closed segments are compacted: at a busy hour's rate a 1 GB segment
+                # stays open for hours, and a reader starting from the beginning (a new
+                # storefront) would read every version of every key written meanwhile.
                 "segment.ms": str(3600 * 1000),
+                "segment.bytes": str(64 * 1024 * 1024),
+                "min.cleanable.dirty.ratio": "0.2",
             }
         )
     if spec.retention_ms is not None:
