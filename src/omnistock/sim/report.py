@@ -143,13 +143,24 @@ def traffic_figures(recorded: dict[str, Any], folder: Path, prefix: str) -> list
 
 def recovery_figure(faults: list[dict[str, Any]], folder: Path) -> str:
     names = [f["fault"] for f in faults]
-    seconds = [f.get("recovery_s") or 0.0 for f in faults]
-    colours = ["#3a9d5d" if f.get("invariants_ok") else "#c0392b" for f in faults]
+    # A fault never recovered from gets a hatched bar as long as the slowest target plus half,
+    # labelled: an empty row would read as "recovered at once".
+    never = max((f.get("target_s") or 0.0 for f in faults), default=15.0) * 1.5
+    seconds = [f["recovery_s"] if f.get("recovery_s") is not None else never for f in faults]
+    colours = [
+        "#999" if "skipped" in f else "#3a9d5d" if f.get("invariants_ok") else "#c0392b"
+        for f in faults
+    ]
     figure, axes = plt.subplots(figsize=(10, 0.45 * len(faults) + 1.2))
-    axes.barh(names, seconds, color=colours)
+    bars = axes.barh(names, seconds, color=colours)
     for y, fault in enumerate(faults):
         if fault.get("target_s"):
             axes.plot([fault["target_s"]] * 2, [y - 0.4, y + 0.4], color="#333", linewidth=2)
+        if fault.get("recovery_s") is None:
+            bars[y].set_hatch("//")
+            bars[y].set_alpha(0.6)
+            label = "skipped" if "skipped" in fault else "not recovered"
+            axes.text(seconds[y], y, f" {label}", va="center", fontsize=9)
     axes.invert_yaxis()
     axes.set_xlabel("seconds to recover (bar); target (tick); red: an invariant failed")
     axes.grid(axis="x", alpha=0.3)
