@@ -12,14 +12,15 @@ from typing import Any
 import asyncpg
 import structlog
 
+from omnistock.inventory.reserving.store import AnswerKey
 from omnistock.inventory.reserving.transaction import (
-    AnswerKey,
-    Outcome,
+    Answer,
     ReserveStock,
     reserve_many,
 )
 from omnistock.platform import idempotency
 from omnistock.platform.clock import Clock
+from omnistock.platform.problems import Problem
 
 log = structlog.get_logger(__name__)
 
@@ -180,22 +181,18 @@ class ReservationBatcher:
                 repeats.append(pending)  # answered from the stored answer after this batch
             else:
                 unique[slot] = pending
+        firsts = list(unique.values())
+        # A key stored meanwhile by another transaction fails the batch's INSERT, which rolls
+        # the batch back: its requests then run one by one.
         async with self._pool.acquire() as conn, conn.transaction():
-            stored = await idempotency.stored_answers(
-                conn, [(p.key.principal, p.key.key, p.key.fingerprint) for p in unique.values()]
-            )
-            for slot, answer in stored.items():
-                _settle(unique.pop(slot), answer)  # replays, answered without a reservation
-            firsts = list(unique.values())
-            # A key stored meanwhile by another transaction fails the batch's INSERT, which
-            # rolls the batch back: its requests then run one by one.
-            outcomes = await reserve_many(
+            answers = await reserve_many(
                 conn, self._clock, [p.command for p in firsts], [p.key for p in firsts]
             )
         self.batches += 1
-        self.requests += len(firsts)
-        for pending, outcome in zip(firsts, outcomes, strict=True):
-            _settle(pending, outcome)
+        for pending, answer in zip(firsts, answers, strict=True):
+            if not isinstance(answer, idempotency.StoredAnswer | Problem):
+                self.requests += 1
+            _settle(pending, answer)
         for pending in repeats:
             await self._run_alone(pending)
 
@@ -204,6 +201,7 @@ class ReservationBatcher:
             (outcome,) = await reserve_many(conn, self._clock, [pending.command])
             if isinstance(outcome, Exception):
                 raise outcome
+            assert isinstance(outcome, dict), "no key was given, so nothing was replayed"
             return 201, outcome
 
         key = pending.key
@@ -223,7 +221,7 @@ class ServiceStopping(Exception):
     """The service is shutting down: the client should retry (with the same key) elsewhere."""
 
 
-def _settle(pending: _Pending, outcome: Outcome | idempotency.StoredAnswer | Exception) -> None:
+def _settle(pending: _Pending, outcome: Answer) -> None:
     if pending.answer.done():
         return
     if isinstance(outcome, Exception):
