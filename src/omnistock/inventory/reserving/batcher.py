@@ -130,8 +130,14 @@ class ReservationBatcher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            with self._holding(batch):
-                await self._run(batch)
+            # One connection for as long as batches keep coming: handing it back to the pool
+            # between them costs a round trip (its reset) every time.
+            async with self._pool.acquire() as conn:
+                while batch:
+                    with self._holding(batch):
+                        if not await self._run(conn, batch):
+                            break  # the pool checks the connection and replaces a broken one
+                    batch = self._next_batch()
 
     @contextlib.contextmanager
     def _holding(self, batch: list[_Pending]) -> Iterator[None]:
@@ -154,9 +160,11 @@ class ReservationBatcher:
             elif not self._running:
                 self._idle.set()
 
-    async def _run(self, batch: list[_Pending]) -> None:
+    async def _run(self, conn: asyncpg.Connection, batch: list[_Pending]) -> bool:
+        """Whether the batch ran; if not, its requests were run one by one."""
         try:
-            await self._run_batch(batch)
+            await self._run_batch(conn, batch)
+            return True
         except Exception:
             log.warning(
                 "reservation batch failed, running its requests one by one",
@@ -166,13 +174,14 @@ class ReservationBatcher:
             for pending in batch:
                 if not pending.answer.done():
                     await self._run_alone(pending)
+            return False
         except asyncio.CancelledError:  # stopped mid-batch: refused, not left hanging
             for pending in batch:
                 if not pending.answer.done():
                     pending.answer.set_exception(ServiceStopping())
             raise
 
-    async def _run_batch(self, batch: list[_Pending]) -> None:
+    async def _run_batch(self, conn: asyncpg.Connection, batch: list[_Pending]) -> None:
         unique: dict[tuple[str, str], _Pending] = {}
         repeats: list[_Pending] = []
         for pending in batch:
@@ -184,7 +193,7 @@ class ReservationBatcher:
         firsts = list(unique.values())
         # A key stored meanwhile by another transaction fails the batch's INSERT, which rolls
         # the batch back: its requests then run one by one.
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with conn.transaction():
             answers = await reserve_many(
                 conn, self._clock, [p.command for p in firsts], [p.key for p in firsts]
             )
