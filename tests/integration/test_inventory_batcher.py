@@ -14,9 +14,11 @@ import orjson
 import pytest
 
 from omnistock.inventory import domain, repository, service
-from omnistock.inventory.reserving import OutOfStock, ReservationBatcher, ReserveStock
+from omnistock.inventory.reserving import OutOfStock, ReservationBatcher, ReserveStock, store
 from omnistock.platform import db, idempotency
 from omnistock.platform.clock import ManualClock
+from omnistock.platform.outbox import OutboxRows
+from omnistock.platform.problems import Problem
 from omnistock.platform.settings import Settings
 from tests.integration.conftest import create_service_schema, drop_schema
 
@@ -186,3 +188,155 @@ async def test_a_key_another_replica_stores_meanwhile_gets_that_answer_and_reser
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT sum(reserved) FROM stock WHERE sku = 'A'") == 2
         assert await conn.fetchval("SELECT count(*) FROM reservations") == 1
+
+
+async def test_a_batch_publishes_the_availability_of_every_channel_selling_from_its_locations(
+    pool: asyncpg.Pool,
+) -> None:
+    """The outlet channel shares only the store with the shops and has a location of its own:
+    a shop's reservation from the store moves the outlet's figure too, counted with the
+    outlet's own stock, and every figure that moved is published once, with its next version."""
+    async with pool.acquire() as conn, conn.transaction():
+        await service.put_location(conn, "outlet", "store", "PL", ["ship"], "outlet")
+        await service.put_channel(
+            conn,
+            clock,
+            "outlet-pl",
+            "brand",
+            "PL",
+            [domain.Source("store", 1, safety_stock=1), domain.Source("outlet", 2)],
+            availability_cap=5,
+        )
+    await receive(pool, {("A", "store"): 4, ("A", "outlet"): 3, ("B", "wh"): 2})
+
+    async def figures() -> dict[tuple[str, str], tuple[int, int]]:
+        rows = await pool.fetch("SELECT channel_id, sku, available, version FROM availability")
+        return {(r["channel_id"], r["sku"]): (r["available"], r["version"]) for r in rows}
+
+    before = await figures()
+    assert before[("outlet-pl", "A")] == (5, 1)  # min(5, (4 - 1) + 3)
+    batcher = ReservationBatcher(pool, clock, workers=1)
+    batcher.start()
+    try:
+        answer = await batcher.submit(
+            ReserveStock("shop-pl", (("A", 2), ("B", 1)), "web"), "web", "key", "print"
+        )
+    finally:
+        await batcher.stop()
+    assert answer.status == 201
+    after = await figures()
+    moved = {key: figure for key, figure in after.items() if before.get(key) != figure}
+    # The shops see A at the store (less their safety stock of 1) and B at the warehouse; the
+    # outlet sees A at the store and at the outlet, capped at 5.
+    assert moved == {
+        ("shop-pl", "A"): (1, 2),
+        ("shop-cz", "A"): (1, 2),
+        ("outlet-pl", "A"): (4, 2),
+        ("shop-pl", "B"): (1, 2),
+        ("shop-cz", "B"): (1, 2),
+    }
+    async with pool.acquire() as conn:
+        levels = await repository.levels(conn, ["A", "B"])
+        for channel_id in (*CHANNELS, "outlet-pl"):
+            channel = await repository.channel(conn, channel_id)
+            assert channel is not None
+            for sku in ("A", "B"):
+                assert after.get((channel_id, sku), (0, 0))[0] == domain.channel_available(
+                    sku, channel.sources, levels, channel.availability_cap
+                )
+        published = await conn.fetch(
+            """SELECT message_key, payload FROM outbox
+               WHERE topic = 'omnistock.inventory.availability.v1' ORDER BY id DESC LIMIT 5"""
+        )
+    assert sorted(r["message_key"] for r in published) == sorted(
+        f"{channel_id}:{sku}" for channel_id, sku in moved
+    )
+    for row in published:
+        data = orjson.loads(row["payload"])["data"]
+        assert (data["available"], data["version"]) == moved[(data["channel_id"], data["sku"])]
+
+
+async def test_a_batch_plans_against_what_the_holder_of_its_sku_lock_committed(
+    pool: asyncpg.Pool,
+) -> None:
+    """The batch's reads come after its SKU locks are granted: a writer that held a lock and
+    sold the last unit meanwhile is seen, so the batch refuses instead of overselling (or being
+    rolled back by the stock's CHECK) and publishes the figure that writer left."""
+    await receive(pool, {("A", "wh"): 1})
+    async with pool.acquire() as other:
+        other_tx = other.transaction()
+        await other_tx.start()
+        await repository.lock_skus(other, ["A"])
+        await service.adjust_stock(
+            other, clock, sku="A", location_id="wh", quantity=-1, reason="store_sale"
+        )
+        batcher = ReservationBatcher(pool, clock, workers=1)
+        batcher.start()
+        try:
+            buying = asyncio.create_task(
+                batcher.submit(ReserveStock("shop-pl", (("A", 1),), "web"), "web", "k", "print")
+            )
+            await asyncio.sleep(0.3)  # the batch now waits for the SKU lock
+            assert not buying.done()
+            await other_tx.commit()
+            with pytest.raises(OutOfStock):
+                await asyncio.wait_for(buying, 10)
+        finally:
+            await batcher.stop()
+    assert batcher.batches == 1  # refused by the batch itself, not after a rollback
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM reservations") == 0
+        figures = await conn.fetch("SELECT available, version FROM availability WHERE sku = 'A'")
+    assert [tuple(r) for r in figures] == [(0, 2), (0, 2)]
+
+
+async def test_a_key_used_before_for_another_request_is_refused_in_a_batch(
+    pool: asyncpg.Pool,
+) -> None:
+    await receive(pool, {("A", "wh"): 5})
+    batcher = ReservationBatcher(pool, clock, workers=1)
+    batcher.start()
+    try:
+        first = await batcher.submit(
+            ReserveStock("shop-pl", (("A", 1),), "web"), "web", "key", "print"
+        )
+        again, other = await asyncio.gather(
+            batcher.submit(ReserveStock("shop-pl", (("A", 1),), "web"), "web", "key", "print"),
+            batcher.submit(ReserveStock("shop-pl", (("A", 2),), "web"), "web", "key", "other"),
+            return_exceptions=True,
+        )
+    finally:
+        await batcher.stop()
+    assert isinstance(again, idempotency.StoredAnswer)
+    assert again.replayed
+    assert again.body == first.body
+    assert isinstance(other, Problem)
+    assert other.status == 422
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT sum(reserved) FROM stock WHERE sku = 'A'") == 1
+
+
+async def test_a_figure_moved_outside_the_sku_locks_rolls_the_batch_back(
+    pool: asyncpg.Pool,
+) -> None:
+    """Every writer of stock and availability takes the SKU locks; one that did not would
+    leave the batch writing a figure or version it did not read. The write checks it wrote every
+    row as read, and refuses otherwise."""
+    await receive(pool, {("A", "wh"): 5})
+    async with pool.acquire() as conn, conn.transaction():
+        state = await store.read_state(conn, ["A"], ["shop-pl"], [], clock.now(), [])
+        available, version = state.figures[("shop-pl", "A")]
+        await conn.execute(
+            "UPDATE availability SET version = version + 1 WHERE channel_id = 'shop-pl'"
+        )
+        with pytest.raises(store.StateMoved):
+            await store.write(
+                conn,
+                clock.now(),
+                store.Reservations([], [], [], [], []),
+                store.Lines([], [], [], []),
+                store.Answers([], [], [], []),
+                store.Holds(["A"], ["wh"], [1]),
+                store.Figures(["shop-pl"], ["A"], [available - 1], [version + 1]),
+                OutboxRows([], [], [], [], None),
+            )

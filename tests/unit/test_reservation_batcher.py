@@ -1,4 +1,6 @@
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,11 +26,19 @@ async def test_requests_still_queued_at_shutdown_are_refused_not_left_hanging() 
         await asyncio.wait_for(waiting, 1)
 
 
+class NoDatabase:
+    """A pool whose connections are never used."""
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[None]:
+        yield None
+
+
 class ScriptedBatcher(ReservationBatcher):
     """Batches that touch no database: each records its SKUs and ends when the test says."""
 
     def __init__(self, max_batch: int) -> None:
-        no_database: Any = None
+        no_database: Any = NoDatabase()
         super().__init__(
             no_database, ManualClock(datetime(2026, 1, 1, tzinfo=UTC)), max_batch=max_batch
         )
@@ -36,7 +46,7 @@ class ScriptedBatcher(ReservationBatcher):
         self.ends: list[asyncio.Event] = []
         self.side_by_side = 0
 
-    async def _run_batch(self, batch: list[Any]) -> None:
+    async def _run_batch(self, conn: Any, batch: list[Any]) -> None:
         self.started.append([sku for pending in batch for sku, _ in pending.command.lines])
         self.side_by_side = max(self.side_by_side, self._running)
         end = asyncio.Event()

@@ -105,40 +105,6 @@ async def channel(conn: asyncpg.Connection, channel_id: str) -> Channel | None:
     )
 
 
-async def channels(conn: asyncpg.Connection, channel_ids: Iterable[str]) -> dict[str, Channel]:
-    """Several channels with their sourcing, in one query."""
-    rows = await conn.fetch(
-        """SELECT c.channel_id, c.availability_cap, c.max_units_per_customer,
-                  r.location_id, r.priority, r.safety_stock, l.capabilities
-           FROM channels c
-           LEFT JOIN sourcing_rules r USING (channel_id)
-           LEFT JOIN locations l ON l.location_id = r.location_id
-           WHERE c.channel_id = ANY($1::text[])
-           ORDER BY c.channel_id, r.priority""",
-        sorted(set(channel_ids)),
-    )
-    sources: dict[str, list[Source]] = {}
-    heads: dict[str, asyncpg.Record] = {}
-    for row in rows:
-        heads.setdefault(row["channel_id"], row)
-        found = sources.setdefault(row["channel_id"], [])
-        if row["location_id"] is not None:
-            found.append(
-                Source(
-                    row["location_id"],
-                    row["priority"],
-                    row["safety_stock"],
-                    frozenset(row["capabilities"]),
-                )
-            )
-    return {
-        cid: Channel(
-            cid, head["availability_cap"], head["max_units_per_customer"], tuple(sources[cid])
-        )
-        for cid, head in heads.items()
-    }
-
-
 async def levels(
     conn: asyncpg.Connection, skus: Sequence[str], location_ids: Sequence[str] | None = None
 ) -> dict[tuple[str, str], StockLevel]:

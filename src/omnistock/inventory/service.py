@@ -265,6 +265,7 @@ async def reserve(
     (outcome,) = await reserve_many(conn, clock, [command])
     if isinstance(outcome, Exception):
         raise outcome
+    assert isinstance(outcome, dict), "no key was given, so nothing was replayed"
     return outcome
 
 

@@ -103,17 +103,24 @@ def new_event_id() -> str:
 
 
 def new_event_ids(count: int) -> list[str]:
-    """``count`` UUIDv7s from one clock reading and one call for randomness."""
+    """``count`` UUIDv7s from one clock reading and one call for randomness.
+
+    Built as text from the bytes' hex form: 48 bits of milliseconds, the version nibble in place
+    of the first random one, then the variant's two bits over the next nibble (a batch of
+    reservations makes several ids per line, and this is a few times cheaper than the
+    arithmetic on a 128-bit int)."""
     millis = (time.time_ns() // 1_000_000) & 0xFFFF_FFFF_FFFF
-    head = millis << 80 | 0x7 << 76
+    head = millis.to_bytes(6, "big")
     random = os.urandom(10 * count)
     ids = []
-    for n in range(count):
-        rand = int.from_bytes(random[10 * n : 10 * n + 10], "big")
-        value = head | (rand >> 62 & 0xFFF) << 64 | 0b10 << 62 | rand & 0x3FFF_FFFF_FFFF_FFFF
-        h = f"{value:032x}"
-        ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    for n in range(0, 10 * count, 10):
+        h = (head + random[n : n + 10]).hex()
+        variant = _VARIANT[h[16]]
+        ids.append(f"{h[:8]}-{h[8:12]}-7{h[13:16]}-{variant}{h[17:20]}-{h[20:]}")
     return ids
+
+
+_VARIANT = {nibble: "89ab"[int(nibble, 16) & 3] for nibble in "0123456789abcdef"}
 
 
 def encode(

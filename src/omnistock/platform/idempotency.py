@@ -129,22 +129,31 @@ async def stored_answers(
         [r[1] for r in requests],
     )
     wanted = {(p, k): f for p, k, f in requests}
-    found: dict[tuple[str, str], StoredAnswer | Problem] = {}
-    for row in rows:
-        slot = (row["principal"], row["idempotency_key"])
-        if row["request_hash"] != wanted[slot]:
-            found[slot] = Problem(
-                422,
-                "Idempotency-Key reused",
-                "this key was used for a different request",
-                type_="idempotency-key-reused",
-                errors=[{"field": "header.Idempotency-Key", "message": "used for another request"}],
-            )
-        else:
-            found[slot] = StoredAnswer(
-                row["status_code"], orjson.loads(row["response_body"]), replayed=True
-            )
-    return found
+    return {
+        (row["principal"], row["idempotency_key"]): answer_of(
+            wanted[(row["principal"], row["idempotency_key"])],
+            row["request_hash"],
+            row["status_code"],
+            row["response_body"],
+        )
+        for row in rows
+    }
+
+
+def answer_of(
+    fingerprint: str, request_hash: str, status_code: int, response_body: bytes | str
+) -> StoredAnswer | Problem:
+    """A stored answer as a request with ``fingerprint`` gets it: replayed if the key was
+    stored for the same request, else the problem of a key reused for something else."""
+    if request_hash != fingerprint:
+        return Problem(
+            422,
+            "Idempotency-Key reused",
+            "this key was used for a different request",
+            type_="idempotency-key-reused",
+            errors=[{"field": "header.Idempotency-Key", "message": "used for another request"}],
+        )
+    return StoredAnswer(status_code, orjson.loads(response_body), replayed=True)
 
 
 async def respond_once(

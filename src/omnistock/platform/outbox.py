@@ -14,7 +14,7 @@ import contextlib
 import zlib
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import structlog
@@ -66,16 +66,23 @@ class OutboxMessage:
     topic: str | None = None  # the payload's own topic unless overridden (tests, benchmarks)
 
 
-async def add_to_outbox(
-    conn: asyncpg.Connection, source: str, messages: Sequence[OutboxMessage], clock: Clock
-) -> list[str]:
-    """Write events into the outbox of the connection's schema; call inside the transaction."""
-    if not messages:
-        return []
+class OutboxRows(NamedTuple):
+    """Outbox rows column by column, as an ``unnest`` INSERT takes them."""
+
+    event_ids: list[str]
+    topics: list[str]
+    keys: list[str]
+    payloads: list[bytes]
+    traceparent: str | None
+
+
+def outbox_rows(source: str, messages: Sequence[OutboxMessage], clock: Clock) -> OutboxRows:
+    """The rows that write ``messages`` into an outbox: for a statement that inserts them along
+    with other changes (``add_to_outbox`` is the usual way)."""
     now = ensure_utc(clock.now())
-    traceparent = current_traceparent()
     fresh_ids = iter(events.new_event_ids(len(messages)))
-    ids, topics, keys, payloads = [], [], [], []
+    rows = OutboxRows([], [], [], [], current_traceparent())
+    ids, topics, keys, payloads = rows.event_ids, rows.topics, rows.keys, rows.payloads
     for message in messages:
         event_id, body = events.encode(
             message.payload,
@@ -90,17 +97,23 @@ async def add_to_outbox(
         topics.append(message.topic or message.payload.TOPIC)
         keys.append(message.key or message.aggregate_id)
         payloads.append(body)
+    return rows
+
+
+async def add_to_outbox(
+    conn: asyncpg.Connection, source: str, messages: Sequence[OutboxMessage], clock: Clock
+) -> list[str]:
+    """Write events into the outbox of the connection's schema; call inside the transaction."""
+    if not messages:
+        return []
+    rows = outbox_rows(source, messages, clock)
     await conn.execute(
         """INSERT INTO outbox (event_id, topic, message_key, payload, traceparent)
            SELECT e, t, k, p, $5
            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[]) AS u(e, t, k, p)""",
-        ids,
-        topics,
-        keys,
-        payloads,
-        traceparent,
+        *rows,
     )
-    return ids
+    return rows.event_ids
 
 
 class DeliveryFailed(RuntimeError):

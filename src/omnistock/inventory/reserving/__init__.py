@@ -13,12 +13,12 @@ would only queue on the SKU's lock otherwise).
 """
 
 from omnistock.inventory.reserving.batcher import ReservationBatcher, ServiceStopping
+from omnistock.inventory.reserving.store import AnswerKey
 from omnistock.inventory.reserving.transaction import (
     CUSTOMER_LIMIT_WINDOW,
     DEFAULT_TTL,
     MAX_TTL,
     REFUSALS,
-    AnswerKey,
     CustomerIdRequired,
     CustomerLimitExceeded,
     NotFound,

@@ -12,14 +12,15 @@ from typing import Any
 import asyncpg
 import structlog
 
+from omnistock.inventory.reserving.store import AnswerKey
 from omnistock.inventory.reserving.transaction import (
-    AnswerKey,
-    Outcome,
+    Answer,
     ReserveStock,
     reserve_many,
 )
 from omnistock.platform import idempotency
 from omnistock.platform.clock import Clock
+from omnistock.platform.problems import Problem
 
 log = structlog.get_logger(__name__)
 
@@ -129,8 +130,14 @@ class ReservationBatcher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            with self._holding(batch):
-                await self._run(batch)
+            # One connection for as long as batches keep coming: handing it back to the pool
+            # between them costs a round trip (its reset) every time.
+            async with self._pool.acquire() as conn:
+                while batch:
+                    with self._holding(batch):
+                        if not await self._run(conn, batch):
+                            break  # the pool checks the connection and replaces a broken one
+                    batch = self._next_batch()
 
     @contextlib.contextmanager
     def _holding(self, batch: list[_Pending]) -> Iterator[None]:
@@ -153,9 +160,11 @@ class ReservationBatcher:
             elif not self._running:
                 self._idle.set()
 
-    async def _run(self, batch: list[_Pending]) -> None:
+    async def _run(self, conn: asyncpg.Connection, batch: list[_Pending]) -> bool:
+        """Whether the batch ran; if not, its requests were run one by one."""
         try:
-            await self._run_batch(batch)
+            await self._run_batch(conn, batch)
+            return True
         except Exception:
             log.warning(
                 "reservation batch failed, running its requests one by one",
@@ -165,13 +174,14 @@ class ReservationBatcher:
             for pending in batch:
                 if not pending.answer.done():
                     await self._run_alone(pending)
+            return False
         except asyncio.CancelledError:  # stopped mid-batch: refused, not left hanging
             for pending in batch:
                 if not pending.answer.done():
                     pending.answer.set_exception(ServiceStopping())
             raise
 
-    async def _run_batch(self, batch: list[_Pending]) -> None:
+    async def _run_batch(self, conn: asyncpg.Connection, batch: list[_Pending]) -> None:
         unique: dict[tuple[str, str], _Pending] = {}
         repeats: list[_Pending] = []
         for pending in batch:
@@ -180,22 +190,18 @@ class ReservationBatcher:
                 repeats.append(pending)  # answered from the stored answer after this batch
             else:
                 unique[slot] = pending
-        async with self._pool.acquire() as conn, conn.transaction():
-            stored = await idempotency.stored_answers(
-                conn, [(p.key.principal, p.key.key, p.key.fingerprint) for p in unique.values()]
-            )
-            for slot, answer in stored.items():
-                _settle(unique.pop(slot), answer)  # replays, answered without a reservation
-            firsts = list(unique.values())
-            # A key stored meanwhile by another transaction fails the batch's INSERT, which
-            # rolls the batch back: its requests then run one by one.
-            outcomes = await reserve_many(
+        firsts = list(unique.values())
+        # A key stored meanwhile by another transaction fails the batch's INSERT, which rolls
+        # the batch back: its requests then run one by one.
+        async with conn.transaction():
+            answers = await reserve_many(
                 conn, self._clock, [p.command for p in firsts], [p.key for p in firsts]
             )
         self.batches += 1
-        self.requests += len(firsts)
-        for pending, outcome in zip(firsts, outcomes, strict=True):
-            _settle(pending, outcome)
+        for pending, answer in zip(firsts, answers, strict=True):
+            if not isinstance(answer, idempotency.StoredAnswer | Problem):
+                self.requests += 1
+            _settle(pending, answer)
         for pending in repeats:
             await self._run_alone(pending)
 
@@ -204,6 +210,7 @@ class ReservationBatcher:
             (outcome,) = await reserve_many(conn, self._clock, [pending.command])
             if isinstance(outcome, Exception):
                 raise outcome
+            assert isinstance(outcome, dict), "no key was given, so nothing was replayed"
             return 201, outcome
 
         key = pending.key
@@ -223,7 +230,7 @@ class ServiceStopping(Exception):
     """The service is shutting down: the client should retry (with the same key) elsewhere."""
 
 
-def _settle(pending: _Pending, outcome: Outcome | idempotency.StoredAnswer | Exception) -> None:
+def _settle(pending: _Pending, outcome: Answer) -> None:
     if pending.answer.done():
         return
     if isinstance(outcome, Exception):

@@ -1,13 +1,13 @@
 """Reservations planned and written together, in the caller's transaction: the SKU locks
 taken once, the stock read once, each command planned in arrival order against the stock the
-previous ones left, and everything written in a few set-based statements."""
+previous ones left, and everything written in one set-based statement, the events included."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
 import asyncpg
 import orjson
@@ -15,11 +15,22 @@ import orjson
 from omnistock.contracts import inventory as events
 from omnistock.inventory import domain, repository
 from omnistock.inventory.domain import Pick, StockLevel
-from omnistock.inventory.effects import commit_changes
-from omnistock.inventory.repository import Change
+from omnistock.inventory.effects import SOURCE
+from omnistock.inventory.reserving import store
+from omnistock.inventory.reserving.store import (
+    AnswerKey,
+    Answers,
+    BatchState,
+    Figures,
+    Holds,
+    Lines,
+    Reservations,
+)
+from omnistock.platform import idempotency
 from omnistock.platform.clock import Clock
 from omnistock.platform.events import new_event_ids
-from omnistock.platform.outbox import OutboxMessage
+from omnistock.platform.outbox import OutboxMessage, outbox_rows
+from omnistock.platform.problems import Problem
 
 DEFAULT_TTL = timedelta(minutes=15)
 MAX_TTL = timedelta(hours=2)
@@ -99,43 +110,41 @@ def reservation_view(
     }
 
 
+Answer = Outcome | idempotency.StoredAnswer | Problem
+"""What a request gets from a batch: its outcome, or the answer stored under its key before."""
+
+
 @dataclass(slots=True)
 class _Batch:
     """The commands of one transaction, planned in arrival order against the stock the previous
     ones left, and the rows and events that the granted ones write."""
 
-    channels: dict[str, repository.Channel]
-    levels: dict[tuple[str, str], StockLevel]
-    customer_held: dict[tuple[str, str], dict[str, int]]
+    state: BatchState
     now: datetime
     reservation_ids: Iterator[str]
-    # Column by column, as the INSERT takes them.
-    reservations: tuple[list[str], list[str], list[str], list[str | None], list[datetime]] = field(
-        default_factory=lambda: ([], [], [], [], [])
-    )
-    lines: tuple[list[str], list[str], list[str], list[int]] = field(
-        default_factory=lambda: ([], [], [], [])
-    )
-    changes: list[Change] = field(default_factory=list)
+    reservations: Reservations = field(default_factory=lambda: Reservations([], [], [], [], []))
+    lines: Lines = field(default_factory=lambda: Lines([], [], [], []))
     messages: list[OutboxMessage] = field(default_factory=list)
     expiry_texts: dict[datetime, str] = field(default_factory=dict)  # isoformat(), once each
 
     def plan(self, command: ReserveStock, wanted: dict[str, int]) -> Outcome:
-        channel = self.channels.get(command.channel_id)
+        channel = self.state.channels.get(command.channel_id)
         if channel is None:
             return NotFound("channel", command.channel_id)
         held: dict[str, int] = {}
         if channel.max_units_per_customer is not None:
             if command.customer_id is None:
                 return CustomerIdRequired(command.channel_id)
-            held = self.customer_held.setdefault((command.channel_id, command.customer_id), {})
+            held = self.state.customer_held.setdefault(
+                (command.channel_id, command.customer_id), {}
+            )
             limit = domain.CustomerLimit(channel.max_units_per_customer, held)
             if excess := limit.excess(wanted):
                 return CustomerLimitExceeded(excess, channel.max_units_per_customer)
         plan = domain.plan_reservation(
             wanted,
             channel.sources,
-            self.levels,
+            self.state.levels,
             cap=channel.availability_cap,
             all_or_nothing=command.all_or_nothing,
             pickup_location=command.pickup_location,
@@ -147,12 +156,12 @@ class _Batch:
         if (expiry := self.expiry_texts.get(expires_at)) is None:
             expiry = self.expiry_texts[expires_at] = expires_at.isoformat()
         self._hold(reservation_id, plan.picks, held)
-        ids, channel_ids, client_ids, customer_ids, expiries = self.reservations
-        ids.append(reservation_id)
-        channel_ids.append(command.channel_id)
-        client_ids.append(command.client_id)
-        customer_ids.append(command.customer_id)
-        expiries.append(expires_at)
+        reservations = self.reservations
+        reservations.ids.append(reservation_id)
+        reservations.channel_ids.append(command.channel_id)
+        reservations.client_ids.append(command.client_id)
+        reservations.customer_ids.append(command.customer_id)
+        reservations.expiries.append(expires_at)
         reserved = events.StockReserved(
             reservation_id,
             command.channel_id,
@@ -169,126 +178,126 @@ class _Batch:
 
     def _hold(self, reservation_id: str, picks: Sequence[Pick], held: dict[str, int]) -> None:
         """The picks leave the stock that the next commands of the batch are planned against."""
-        levels = self.levels
-        ids, skus, locations, quantities = self.lines
+        levels = self.state.levels
+        lines = self.lines
         for sku, location_id, quantity in picks:
             level = levels[(sku, location_id)]  # a pick only comes from a stock row
             levels[(sku, location_id)] = StockLevel(
                 sku, location_id, level.on_hand, level.reserved + quantity, level.allocated
             )
             held[sku] = held.get(sku, 0) + quantity
-            ids.append(reservation_id)
-            skus.append(sku)
-            locations.append(location_id)
-            quantities.append(quantity)
-            self.changes.append(Change(sku, location_id, reserved=quantity))
+            lines.reservation_ids.append(reservation_id)
+            lines.skus.append(sku)
+            lines.location_ids.append(location_id)
+            lines.quantities.append(quantity)
 
+    def holds(self) -> Holds:
+        """Units held per stock row, all lines of the batch together."""
+        units: dict[tuple[str, str], int] = {}
+        lines = self.lines
+        for sku, location_id, quantity in zip(
+            lines.skus, lines.location_ids, lines.quantities, strict=True
+        ):
+            units[(sku, location_id)] = units.get((sku, location_id), 0) + quantity
+        holds = Holds([], [], [])
+        for (sku, location_id), quantity in units.items():
+            holds.skus.append(sku)
+            holds.location_ids.append(location_id)
+            holds.quantities.append(quantity)
+        return holds
 
-class AnswerKey(NamedTuple):
-    """Where a request's answer is kept: its Idempotency-Key and the fingerprint of its body."""
-
-    principal: str
-    key: str
-    fingerprint: str
+    def figures(self) -> Figures:
+        """available(channel, sku) after the batch, where it moved, for every channel that sells
+        from a location the batch took stock from: by the domain's rule, from the stock read
+        under the SKU locks as the batch left it. (Recomputing it in SQL from the rows just
+        written, joins and an aggregate per channel and SKU, took the batch's longest
+        statement.) A figure never published before starts at version 1."""
+        fed_by: dict[str, list[repository.Channel]] = {}
+        for channel in self.state.channels.values():
+            for source in channel.sources:
+                fed_by.setdefault(source.location_id, []).append(channel)
+        affected: dict[tuple[str, str], repository.Channel] = {}
+        lines = self.lines
+        for sku, location_id in set(zip(lines.skus, lines.location_ids, strict=True)):
+            for channel in fed_by[location_id]:
+                affected[(channel.channel_id, sku)] = channel
+        figures = Figures([], [], [], [])
+        levels, published = self.state.levels, self.state.figures
+        for (channel_id, sku), channel in sorted(affected.items()):
+            available = domain.channel_available(
+                sku, channel.sources, levels, channel.availability_cap
+            )
+            before = published.get((channel_id, sku))
+            if before is not None and before[0] == available:
+                continue
+            figures.channel_ids.append(channel_id)
+            figures.skus.append(sku)
+            figures.available.append(available)
+            figures.versions.append(1 if before is None else before[1] + 1)
+        return figures
 
 
 async def reserve_many(
     conn: asyncpg.Connection,
     clock: Clock,
     commands: Sequence[ReserveStock],
-    answer_keys: Sequence[AnswerKey] | None = None,
-) -> list[Outcome]:
-    """Plan and write the commands in order, in the caller's transaction; one outcome each.
+    answer_keys: Sequence[AnswerKey] = (),
+) -> list[Answer]:
+    """Plan and write the commands in order, in the caller's transaction; one answer each.
 
-    With ``answer_keys`` (one per command), each granted command's answer is stored under its
-    key in the same statement as its reservation; a key stored meanwhile by another transaction
-    raises ``asyncpg.UniqueViolationError``."""
+    With ``answer_keys`` (one per command, distinct), a command whose key has an answer stored
+    already gets that answer (or the problem of a reused key) and is not planned; each granted
+    command's answer is stored under its key in the same statement as its reservation. A key
+    stored meanwhile by another transaction raises ``asyncpg.UniqueViolationError``."""
     if not commands:
         return []
     requested = [domain.merge_lines(c.lines) for c in commands]
-    skus = sorted({sku for r in requested for sku in r})
-    await repository.lock_skus(conn, skus)
-    channels = await repository.channels(conn, {c.channel_id for c in commands})
-    locations = sorted({s.location_id for ch in channels.values() for s in ch.sources})
-    levels = await repository.levels(conn, skus, locations)
     now = clock.now()
-    customer_held = await _customer_holds(conn, commands, channels, now - CUSTOMER_LIMIT_WINDOW)
-    batch = _Batch(channels, levels, customer_held, now, iter(new_event_ids(len(commands))))
-    outcomes = [batch.plan(c, wanted) for c, wanted in zip(commands, requested, strict=True)]
-    answers: list[tuple[AnswerKey, bytes]] = []
-    if answer_keys is not None:
-        answers = [
-            (key, orjson.dumps(outcome))
-            for key, outcome in zip(answer_keys, outcomes, strict=True)
-            if isinstance(outcome, dict)
-        ]
-    await _write(conn, clock, batch, answers)
-    return outcomes
-
-
-async def _customer_holds(
-    conn: asyncpg.Connection,
-    commands: Sequence[ReserveStock],
-    channels: dict[str, repository.Channel],
-    since: datetime,
-) -> dict[tuple[str, str], dict[str, int]]:
-    limited = {
-        (c.channel_id, c.customer_id)
-        for c in commands
-        if c.customer_id is not None
-        and (ch := channels.get(c.channel_id))
-        and ch.max_units_per_customer
-    }
-    if not limited:
-        return {}
-    rows = await conn.fetch(
-        """SELECT r.channel_id, r.customer_id, l.sku, sum(l.quantity)::int AS held
-           FROM reservations r JOIN reservation_lines l USING (reservation_id)
-           JOIN unnest($1::text[], $2::text[]) AS w(channel_id, customer_id)
-                ON w.channel_id = r.channel_id AND w.customer_id = r.customer_id
-           WHERE r.status IN ('active', 'committed') AND r.created_at > $3
-           GROUP BY r.channel_id, r.customer_id, l.sku""",
-        [c for c, _ in limited],
-        [k for _, k in limited],
-        since,
+    state = await store.read_state(
+        conn,
+        sorted({sku for r in requested for sku in r}),
+        sorted({c.channel_id for c in commands}),
+        sorted({(c.channel_id, c.customer_id) for c in commands if c.customer_id is not None}),
+        now - CUSTOMER_LIMIT_WINDOW,
+        answer_keys,
     )
-    held: dict[tuple[str, str], dict[str, int]] = {}
-    for row in rows:
-        held.setdefault((row["channel_id"], row["customer_id"]), {})[row["sku"]] = row["held"]
-    return held
+    batch = _Batch(state, now, iter(new_event_ids(len(commands))))
+    answers: list[Answer] = []
+    stored = Answers([], [], [], [])
+    keys: Sequence[AnswerKey | None] = answer_keys or [None] * len(commands)
+    for command, wanted, key in zip(commands, requested, keys, strict=True):
+        if key is not None and (found := state.answers.get((key.principal, key.key))):
+            answers.append(found)
+            continue
+        outcome = batch.plan(command, wanted)
+        answers.append(outcome)
+        if key is not None and isinstance(outcome, dict):
+            stored.principals.append(key.principal)
+            stored.keys.append(key.key)
+            stored.fingerprints.append(key.fingerprint)
+            stored.bodies.append(orjson.dumps(outcome))
+    if batch.lines.skus:
+        figures = batch.figures()
+        messages = [*batch.messages, *_availability_messages(figures)]
+        await store.write(
+            conn,
+            now,
+            batch.reservations,
+            batch.lines,
+            stored,
+            batch.holds(),
+            figures,
+            outbox_rows(SOURCE, messages, clock),
+        )
+    return answers
 
 
-# The reservations, their lines and the stored answers in one round trip. (The lines' foreign
-# key is checked at the end of the statement, when the reservations are in.)
-_INSERT_RESERVATIONS = """
-    WITH reservation AS (
-        INSERT INTO reservations
-            (reservation_id, channel_id, client_id, customer_id, status, created_at, expires_at)
-        SELECT i, c, k, u, 'active', $1, e
-        FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
-             AS x(i, c, k, u, e)),
-    line AS (
-        INSERT INTO reservation_lines (reservation_id, sku, location_id, quantity)
-        SELECT * FROM unnest($7::uuid[], $8::text[], $9::text[], $10::int[]))
-    INSERT INTO idempotency_keys
-        (principal, idempotency_key, request_hash, status_code, response_body)
-    SELECT p, k, h, 201, b
-    FROM unnest($11::text[], $12::text[], $13::text[], $14::bytea[]) AS a(p, k, h, b)"""
-
-
-async def _write(
-    conn: asyncpg.Connection, clock: Clock, batch: _Batch, answers: list[tuple[AnswerKey, bytes]]
-) -> None:
-    if not batch.changes:
-        return
-    await conn.execute(
-        _INSERT_RESERVATIONS,
-        batch.now,
-        *batch.reservations,
-        *batch.lines,
-        [key.principal for key, _ in answers],
-        [key.key for key, _ in answers],
-        [key.fingerprint for key, _ in answers],
-        [body for _, body in answers],
-    )
-    await commit_changes(conn, clock, batch.changes, batch.messages)
+def _availability_messages(figures: Figures) -> list[OutboxMessage]:
+    return [
+        OutboxMessage(
+            events.AvailabilityChanged(channel_id, sku, available, version),
+            aggregate_id=f"{channel_id}:{sku}",
+            aggregate_version=version,
+        )
+        for channel_id, sku, available, version in zip(*figures, strict=True)
+    ]
