@@ -27,10 +27,9 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-import httpx
-
 from omnistock.orders.domain import CancelReason, OrderStatus
 from omnistock.orders.participants import Participants
+from omnistock.platform.client import Answer
 
 # -- typed outcomes --
 
@@ -97,11 +96,11 @@ class Step:
     compensation: Action | None  # None: a lifecycle step, retried until it succeeds
 
 
-def _failed(response: httpx.Response) -> Failed:
-    return Failed(f"{response.request.method} {response.request.url.path}: {response.status_code}")
+def _failed(response: Answer) -> Failed:
+    return Failed(f"{response.method} {response.path}: {response.status_code}")
 
 
-def _problem(response: httpx.Response) -> str:
+def _problem(response: Answer) -> str:
     try:
         body: dict[str, Any] = response.json()
     except ValueError:
@@ -109,7 +108,7 @@ def _problem(response: httpx.Response) -> str:
     return f"{response.status_code} {body.get('title', '')}: {body.get('detail', '')}".strip()
 
 
-def _transient(response: httpx.Response) -> bool:
+def _transient(response: Answer) -> bool:
     return response.status_code >= 500 or response.status_code in (408, 429)
 
 

@@ -9,13 +9,13 @@ import contextlib
 from dataclasses import replace
 
 import asyncpg
-import httpx
 import structlog
 from prometheus_client import Counter
 
 from omnistock.orders import lifecycle, saga, service
 from omnistock.orders.participants import Participants
 from omnistock.orders.settings import OrdersSettings
+from omnistock.platform.client import CallFailed
 from omnistock.platform.clock import Clock
 from omnistock.platform.runtime import BackgroundJob, ServiceRuntime
 
@@ -105,7 +105,7 @@ class SagaWorker:
             # The whole step (it may make several calls) within its share of the lease.
             async with asyncio.timeout(self.own.step_timeout_s * 3):
                 return await action(self.participants, claim.order)
-        except (httpx.HTTPError, TimeoutError) as exc:
+        except (CallFailed, TimeoutError) as exc:
             return saga.Failed(f"{type(exc).__name__} {exc}".strip())
         except (KeyError, ValueError) as exc:
             # An answer we cannot read: counted as a failed try, never as success.
