@@ -118,6 +118,83 @@ async def test_the_saga_runs_its_steps_in_order_to_confirmed_one_version_and_eve
     assert await pool.fetchval("SELECT count(*) FROM outbox") == 4
 
 
+async def test_a_worker_carries_an_order_on_through_its_steps_under_fresh_leases(
+    pool: asyncpg.Pool, clock: ManualClock
+) -> None:
+    order_id = await place(pool, clock)
+    (following,) = await claim(pool, clock)
+    steps, leases = [], []
+    while following is not None:
+        steps.append(following.step)
+        leases.append(following.lease_id)
+        facts = {"payment_id": "p-1"} if following.step == "authorize_payment" else {}
+        async with pool.acquire() as conn, conn.transaction():
+            following = await service.record_outcome(
+                conn, clock, following, saga.Done(facts), POLICIES, carry_on_for=LEASE
+            )
+        if following is not None:
+            assert await claim(pool, clock) == []  # still held: no other worker takes it
+            if following.step == "hold_points":
+                assert following.order.payment_id == "p-1"
+    assert steps == [step.name for step in saga.STEPS]
+    assert len(set(leases)) == len(leases)
+    row = await order(pool, order_id)
+    assert (row["status"], row["version"], row["step"], row["lease_id"]) == (
+        "confirmed",
+        4,
+        None,
+        None,
+    )
+    assert (row["payment_id"], row["payment_token"]) == ("p-1", None)
+    assert [s for _, s, _ in await statuses(pool, order_id)] == [
+        "placed",
+        "allocated",
+        "authorized",
+        "confirmed",
+    ]
+
+
+async def test_a_step_that_fails_or_waits_is_not_carried_on_and_its_order_let_go(
+    pool: asyncpg.Pool, clock: ManualClock
+) -> None:
+    order_id = await place(pool, clock)
+    (commit,) = await claim(pool, clock)
+    async with pool.acquire() as conn, conn.transaction():
+        authorize = await service.record_outcome(
+            conn, clock, commit, saga.Done(), POLICIES, carry_on_for=LEASE
+        )
+    assert authorize is not None
+    async with pool.acquire() as conn, conn.transaction():
+        after = await service.record_outcome(
+            conn, clock, authorize, saga.Pending("pending"), POLICIES, carry_on_for=LEASE
+        )
+    assert after is None
+    row = await order(pool, order_id)
+    assert (row["step"], row["lease_id"]) == ("authorize_payment", None)
+    clock.advance(POLICIES.payment_poll)
+    (again,) = await claim(pool, clock)
+    assert again.step == "authorize_payment"
+
+
+async def test_a_carried_on_order_whose_worker_died_is_taken_over_once_its_lease_lapses(
+    pool: asyncpg.Pool, clock: ManualClock
+) -> None:
+    await place(pool, clock)
+    (commit,) = await claim(pool, clock)
+    async with pool.acquire() as conn, conn.transaction():
+        carried = await service.record_outcome(
+            conn, clock, commit, saga.Done(), POLICIES, carry_on_for=LEASE
+        )
+    assert carried is not None
+    assert await claim(pool, clock) == []
+    clock.advance(LEASE)
+    (taken_over,) = await claim(pool, clock)
+    assert (taken_over.step, taken_over.lease_id != carried.lease_id) == (
+        "authorize_payment",
+        True,
+    )
+
+
 async def test_a_step_that_keeps_failing_backs_off_then_is_compensated_and_cancelled(
     pool: asyncpg.Pool, clock: ManualClock
 ) -> None:

@@ -8,6 +8,7 @@ transaction as the change."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -113,7 +114,7 @@ async def claim_due(
     return [Claim(saga_order(row), row["step"], row["lease_id"]) for row in rows]
 
 
-def saga_order(row: asyncpg.Record) -> saga.SagaOrder:
+def saga_order(row: Mapping[str, Any]) -> saga.SagaOrder:
     return saga.SagaOrder(
         order_id=row["order_id"],
         customer_id=row["customer_id"],
@@ -142,12 +143,16 @@ async def record_outcome(
     claim: Claim,
     outcome: saga.Outcome,
     policies: Policies,
-) -> None:
+    *,
+    carry_on_for: timedelta | None = None,
+) -> Claim | None:
     """What a step's call came to, recorded under the order's row lock (no lock was held
-    while the call ran)."""
+    while the call ran). With ``carry_on_for``, a step done that leads straight to the next
+    step of the saga (or of its compensation) keeps the order leased for that long and
+    returns the claim of that next step: the worker goes on without claiming it again."""
     row = await repository.order(conn, claim.order.order_id, for_update=True)
     if row is None or row["lease_id"] != claim.lease_id:
-        return  # the lease lapsed and another worker took the step over: its answer counts
+        return None  # the lease lapsed and another worker took the step over: its answer counts
     now = clock.now()
     facts = outcome.facts if isinstance(outcome, saga.Done) else {}
     released = {"lease_id": None, "leased_until": None, **facts}
@@ -157,7 +162,7 @@ async def record_outcome(
     if row["step"] != claim.step:
         # Cancelled while the call ran: compensation (which covers this step) goes next.
         await repository.update_order(conn, claim.order.order_id, **released, updated_at=now)
-        return
+        return None
     index, step, compensating = saga.step_named(claim.step)
     # Compensations and the lifecycle steps (goods have left: nothing to undo) never give up.
     lifecycle_step = step.compensation is None
@@ -165,9 +170,10 @@ async def record_outcome(
     if isinstance(outcome, saga.Done):
         if lifecycle_step:
             await lifecycle.step_done(conn, clock, row, step, outcome, released)
-        else:
-            await _step_done(conn, clock, row, index, step, compensating, released)
-    elif isinstance(outcome, saga.Refused) and not compensating and not lifecycle_step:
+            return None
+        lease = None if carry_on_for is None else (str(uuid.uuid4()), now + carry_on_for)
+        return await _step_done(conn, clock, row, index, step, compensating, released, lease)
+    if isinstance(outcome, saga.Refused) and not compensating and not lifecycle_step:
         await repository.update_order(conn, claim.order.order_id, **released)
         await start_compensation(conn, clock, row, outcome.reason, outcome.detail)
     elif isinstance(outcome, saga.Pending):
@@ -187,7 +193,7 @@ async def record_outcome(
             await start_compensation(
                 conn, clock, row, CancelReason.STEP_FAILED, f"{claim.step}: {detail}"
             )
-            return
+            return None
         await repository.update_order(
             conn,
             claim.order.order_id,
@@ -197,6 +203,7 @@ async def record_outcome(
             last_error=detail,
             updated_at=now,
         )
+    return None
 
 
 async def _step_done(
@@ -207,7 +214,10 @@ async def _step_done(
     step: saga.Step,
     compensating: bool,
     released: dict[str, Any],
-) -> None:
+    lease: tuple[str, datetime] | None,
+) -> Claim | None:
+    """The order moves on to its next step, or to its end; the claim of that next step if
+    ``lease`` (id, until) is given to hold it by."""
     now = clock.now()
     following = saga.next_compensation(index) if compensating else saga.next_forward(index)
     moved = {
@@ -218,10 +228,12 @@ async def _step_done(
         "next_attempt_at": now if following else None,
         "last_error": None,
     }
+    if following is not None and lease is not None:
+        moved.update(lease_id=uuid.UUID(lease[0]), leased_until=lease[1])
     if compensating:
         if following is not None:
             await repository.update_order(conn, row["order_id"], **moved, updated_at=now)
-            return
+            return _carried_on({**dict(row), **moved}, lease)
         cancelled = await change_status(
             conn,
             clock,
@@ -233,19 +245,31 @@ async def _step_done(
         )
         # Goods that come back after all (an uncollected parcel) are restocked on receipt.
         await lifecycle.wake(conn, clock, cancelled)
-        return
-    if step.reaches is None:
-        await repository.update_order(conn, row["order_id"], **moved, updated_at=now)
-        current: asyncpg.Record | dict[str, Any] = {**dict(row), **moved}
-    else:
-        current = await change_status(conn, clock, row, step.reaches, during=step.name, **moved)
+        return None
     if following is None:
-        # The last step is through: confirmed. The PSP token is not needed any more.
+        current: asyncpg.Record | dict[str, Any] = row
+        if step.reaches is not None:
+            current = await change_status(conn, clock, row, step.reaches, during=step.name)
+        # The last step is through: confirmed, in the same write as the step's own columns.
+        # The PSP token is not needed any more.
         confirmed = await change_status(
-            conn, clock, current, OrderStatus.CONFIRMED, payment_token=None
+            conn, clock, current, OrderStatus.CONFIRMED, **{**moved, "payment_token": None}
         )
         # Shipment events that came before the confirmation (a crash between the two).
         await lifecycle.ship_if_complete(conn, clock, confirmed)
+        return None
+    if step.reaches is None:
+        await repository.update_order(conn, row["order_id"], **moved, updated_at=now)
+        current = {**dict(row), **moved}
+    else:
+        current = await change_status(conn, clock, row, step.reaches, during=step.name, **moved)
+    return _carried_on(current, lease)
+
+
+def _carried_on(row: Mapping[str, Any], lease: tuple[str, datetime] | None) -> Claim | None:
+    if lease is None:
+        return None
+    return Claim(saga_order(row), row["step"], lease[0])
 
 
 async def cancel_overdue(conn: asyncpg.Connection, clock: Clock, limit: int = 100) -> int:
