@@ -146,10 +146,10 @@ async def test_an_order_not_written_gives_back_its_reservation_and_a_retry_reser
     inventory_client: httpx.AsyncClient,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    async def database_away(*_args: Any, **_kwargs: Any) -> str:
+    async def database_away(*_args: Any, **_kwargs: Any) -> dict[str, Any]:
         raise ConnectionResetError("the database went away")
 
-    monkeypatch.setattr(orders_service, "place_order", database_away)
+    monkeypatch.setattr(orders_service, "placed_order", database_away)
     headers = keyed(as_customer(stack, "pia"))
     body = unreserved(shop, 4)
     # In process the app's error reaches the client as it is (a server answers 500).

@@ -91,6 +91,30 @@ async def statuses(pool: asyncpg.Pool, order_id: str) -> list[tuple[int, str, st
     return [(r["version"], r["status"], r["reason"]) for r in rows]
 
 
+async def test_the_answer_to_a_placement_is_the_order_as_it_reads_back(
+    pool: asyncpg.Pool, clock: ManualClock
+) -> None:
+    order = {
+        "customer_id": "c-1",
+        "channel_id": "brand-pl",
+        "platform": "ios",
+        "currency": "PLN",
+        "reservation_id": str(uuid.uuid4()).upper(),
+        "lines": [
+            {"sku": "SKU-2", "quantity": 1, "unit_price": 4999},
+            {"sku": "SKU-1", "quantity": 2, "unit_price": 1999},
+        ],
+        "delivery": {"kind": "locker", "collection_point_id": "locker-waw-17"},
+        "payment_method": "try_before_you_buy",
+        "payment_token": "tok_klarna",
+        "loyalty_points": 150,
+    }
+    async with pool.acquire() as conn, conn.transaction():
+        answered = await service.placed_order(conn, clock, order, timedelta(minutes=15))
+    async with pool.acquire() as conn:
+        assert answered == await service.order_view(conn, answered["order_id"])
+
+
 async def test_the_saga_runs_its_steps_in_order_to_confirmed_one_version_and_event_each(
     pool: asyncpg.Pool, clock: ManualClock
 ) -> None:

@@ -178,12 +178,17 @@ async def write_order(placement: Placement, reservation_id: str) -> idempotency.
             "payment_token": body.payment.token,
             "loyalty_points": body.loyalty_points,
         }
-        order_id = await service.place_order(conn, state.clock, order, state.own.confirm_within())
-        return 201, await service.order_view(conn, order_id)
+        return 201, await service.placed_order(conn, state.clock, order, state.own.confirm_within())
 
     try:
+        # The request looked for a stored answer before its calls to the other services.
         return await idempotency.run_once(
-            state.runtime.pool, placement.subject, placement.key, placement.fingerprint, effect
+            state.runtime.pool,
+            placement.subject,
+            placement.key,
+            placement.fingerprint,
+            effect,
+            looked_up=True,
         )
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name != "orders_reservation_id_key":
