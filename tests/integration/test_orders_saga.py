@@ -50,7 +50,9 @@ async def clock(pool: asyncpg.Pool) -> ManualClock:
     return ManualClock(T0)
 
 
-async def place(pool: asyncpg.Pool, clock: ManualClock, customer: str = "c-1") -> str:
+async def place(
+    pool: asyncpg.Pool, clock: ManualClock, customer: str = "c-1", points: int = 0
+) -> str:
     order = {
         "customer_id": customer,
         "channel_id": "brand-pl",
@@ -61,7 +63,7 @@ async def place(pool: asyncpg.Pool, clock: ManualClock, customer: str = "c-1") -
         "delivery": {"kind": "store", "store_id": "waw-1"},
         "payment_method": "card",
         "payment_token": "tok_visa",
-        "loyalty_points": 0,
+        "loyalty_points": points,
     }
     async with pool.acquire() as conn, conn.transaction():
         return await service.place_order(conn, clock, order, timedelta(minutes=15))
@@ -91,6 +93,30 @@ async def statuses(pool: asyncpg.Pool, order_id: str) -> list[tuple[int, str, st
     return [(r["version"], r["status"], r["reason"]) for r in rows]
 
 
+async def test_the_answer_to_a_placement_is_the_order_as_it_reads_back(
+    pool: asyncpg.Pool, clock: ManualClock
+) -> None:
+    order = {
+        "customer_id": "c-1",
+        "channel_id": "brand-pl",
+        "platform": "ios",
+        "currency": "PLN",
+        "reservation_id": str(uuid.uuid4()).upper(),
+        "lines": [
+            {"sku": "SKU-2", "quantity": 1, "unit_price": 4999},
+            {"sku": "SKU-1", "quantity": 2, "unit_price": 1999},
+        ],
+        "delivery": {"kind": "locker", "collection_point_id": "locker-waw-17"},
+        "payment_method": "try_before_you_buy",
+        "payment_token": "tok_klarna",
+        "loyalty_points": 150,
+    }
+    async with pool.acquire() as conn, conn.transaction():
+        answered = await service.placed_order(conn, clock, order, timedelta(minutes=15))
+    async with pool.acquire() as conn:
+        assert answered == await service.order_view(conn, answered["order_id"])
+
+
 async def test_the_saga_runs_its_steps_in_order_to_confirmed_one_version_and_event_each(
     pool: asyncpg.Pool, clock: ManualClock
 ) -> None:
@@ -116,6 +142,91 @@ async def test_the_saga_runs_its_steps_in_order_to_confirmed_one_version_and_eve
         "confirmed",
     ]
     assert await pool.fetchval("SELECT count(*) FROM outbox") == 4
+
+
+@pytest.mark.parametrize(
+    ("points", "steps"),
+    [
+        (500, ["commit_reservation", "authorize_payment", "hold_points"]),
+        # Nothing to hold: the step is passed in the authorization's transaction.
+        (0, ["commit_reservation", "authorize_payment"]),
+    ],
+)
+async def test_a_worker_carries_an_order_on_through_its_steps_under_fresh_leases(
+    pool: asyncpg.Pool, clock: ManualClock, points: int, steps: list[str]
+) -> None:
+    order_id = await place(pool, clock, points=points)
+    (following,) = await claim(pool, clock)
+    walked, leases = [], []
+    while following is not None:
+        walked.append(following.step)
+        leases.append(following.lease_id)
+        facts = {"payment_id": "p-1"} if following.step == "authorize_payment" else {}
+        async with pool.acquire() as conn, conn.transaction():
+            following = await service.record_outcome(
+                conn, clock, following, saga.Done(facts), POLICIES, carry_on_for=LEASE
+            )
+        if following is not None:
+            assert await claim(pool, clock) == []  # still held: no other worker takes it
+            if following.step == "hold_points":
+                assert following.order.payment_id == "p-1"
+    assert walked == steps
+    assert len(set(leases)) == len(leases)
+    row = await order(pool, order_id)
+    assert (row["status"], row["version"], row["step"], row["lease_id"]) == (
+        "confirmed",
+        4,
+        None,
+        None,
+    )
+    assert (row["payment_id"], row["payment_token"]) == ("p-1", None)
+    assert [s for _, s, _ in await statuses(pool, order_id)] == [
+        "placed",
+        "allocated",
+        "authorized",
+        "confirmed",
+    ]
+
+
+async def test_a_step_that_fails_or_waits_is_not_carried_on_and_its_order_let_go(
+    pool: asyncpg.Pool, clock: ManualClock
+) -> None:
+    order_id = await place(pool, clock)
+    (commit,) = await claim(pool, clock)
+    async with pool.acquire() as conn, conn.transaction():
+        authorize = await service.record_outcome(
+            conn, clock, commit, saga.Done(), POLICIES, carry_on_for=LEASE
+        )
+    assert authorize is not None
+    async with pool.acquire() as conn, conn.transaction():
+        after = await service.record_outcome(
+            conn, clock, authorize, saga.Pending("pending"), POLICIES, carry_on_for=LEASE
+        )
+    assert after is None
+    row = await order(pool, order_id)
+    assert (row["step"], row["lease_id"]) == ("authorize_payment", None)
+    clock.advance(POLICIES.payment_poll)
+    (again,) = await claim(pool, clock)
+    assert again.step == "authorize_payment"
+
+
+async def test_a_carried_on_order_whose_worker_died_is_taken_over_once_its_lease_lapses(
+    pool: asyncpg.Pool, clock: ManualClock
+) -> None:
+    await place(pool, clock)
+    (commit,) = await claim(pool, clock)
+    async with pool.acquire() as conn, conn.transaction():
+        carried = await service.record_outcome(
+            conn, clock, commit, saga.Done(), POLICIES, carry_on_for=LEASE
+        )
+    assert carried is not None
+    assert await claim(pool, clock) == []
+    clock.advance(LEASE)
+    (taken_over,) = await claim(pool, clock)
+    assert (taken_over.step, taken_over.lease_id != carried.lease_id) == (
+        "authorize_payment",
+        True,
+    )
 
 
 async def test_a_step_that_keeps_failing_backs_off_then_is_compensated_and_cancelled(

@@ -4,7 +4,7 @@ side by side, and an order placed without a reservation reserves once per reques
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import httpx
@@ -15,6 +15,7 @@ from omnistock.orders.api import intake
 from omnistock.orders.api.schemas import OrderIn
 from omnistock.orders.participants import Participants
 from omnistock.orders.settings import OrdersSettings
+from omnistock.platform.client import Answer, CallFailed, ServiceClient
 from omnistock.platform.problems import Problem
 from omnistock.platform.settings import Settings
 
@@ -37,15 +38,36 @@ def order(*lines: tuple[str, int], reservation_id: str | None = None) -> OrderIn
     )
 
 
+class Recorded(ServiceClient):
+    """A service answering from ``handler``: it sees the request as it would go out, and a
+    transport error it raises is the client's CallFailed."""
+
+    def __init__(self, base_url: str, handler: Handler) -> None:
+        super().__init__(base_url, 5.0)
+        self._handler = handler
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Answer:
+        content = orjson.dumps(json) if json is not None else b""
+        sent = httpx.Request(method, self.base_url + path, content=content, headers=headers)
+        try:
+            response = await self._handler(sent)
+        except httpx.TransportError as exc:
+            raise CallFailed(str(exc)) from exc
+        return Answer(response.status_code, response.content, response.headers, method, path)
+
+
 def participants(inventory: Handler, pricing: Handler | None = None) -> Participants:
     found = Participants(Settings(), OrdersSettings())
-    found.inventory = httpx.AsyncClient(
-        base_url="http://inventory", transport=httpx.MockTransport(inventory)
-    )
+    found.inventory = Recorded("http://inventory", inventory)
     if pricing is not None:
-        found.pricing = httpx.AsyncClient(
-            base_url="http://pricing", transport=httpx.MockTransport(pricing)
-        )
+        found.pricing = Recorded("http://pricing", pricing)
     return found
 
 

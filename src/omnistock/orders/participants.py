@@ -6,11 +6,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import httpx
-
 from omnistock.orders import SERVICE
 from omnistock.orders.settings import OrdersSettings
 from omnistock.platform.auth import mint_token
+from omnistock.platform.client import Answer, ServiceClient
 from omnistock.platform.settings import Settings
 
 SCOPES = [
@@ -47,15 +46,15 @@ class ServiceToken:
 
 class Participants:
     """One pooled client per service. Every call times out after ``step_timeout_s``; a
-    transport error or a timeout raises ``httpx.HTTPError`` for the caller to retry."""
+    transport error or a timeout raises ``CallFailed`` for the caller to retry."""
 
     def __init__(self, settings: Settings, own: OrdersSettings) -> None:
         self._token = ServiceToken(settings, own.service_token)
-        timeout = httpx.Timeout(own.step_timeout_s)
-        self.inventory = httpx.AsyncClient(base_url=own.inventory_url, timeout=timeout)
-        self.pricing = httpx.AsyncClient(base_url=own.pricing_url, timeout=timeout)
-        self.payments = httpx.AsyncClient(base_url=own.payments_url, timeout=timeout)
-        self.loyalty = httpx.AsyncClient(base_url=own.loyalty_url, timeout=timeout)
+        timeout = own.step_timeout_s
+        self.inventory = ServiceClient(own.inventory_url, timeout)
+        self.pricing = ServiceClient(own.pricing_url, timeout)
+        self.payments = ServiceClient(own.payments_url, timeout)
+        self.loyalty = ServiceClient(own.loyalty_url, timeout)
 
     async def close(self) -> None:
         for client in (self.inventory, self.pricing, self.payments, self.loyalty):
@@ -63,13 +62,13 @@ class Participants:
 
     async def call(
         self,
-        client: httpx.AsyncClient,
+        client: ServiceClient,
         method: str,
         path: str,
         *,
         body: Any = None,
         idempotency_key: str | None = None,
-    ) -> httpx.Response:
+    ) -> Answer:
         headers = self._token.header()
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key

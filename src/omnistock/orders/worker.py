@@ -9,13 +9,13 @@ import contextlib
 from dataclasses import replace
 
 import asyncpg
-import httpx
 import structlog
 from prometheus_client import Counter
 
 from omnistock.orders import lifecycle, saga, service
 from omnistock.orders.participants import Participants
 from omnistock.orders.settings import OrdersSettings
+from omnistock.platform.client import CallFailed
 from omnistock.platform.clock import Clock
 from omnistock.platform.runtime import BackgroundJob, ServiceRuntime
 
@@ -40,44 +40,72 @@ class SagaWorker:
 
     def job(self) -> BackgroundJob:
         async def saga_worker(runtime: ServiceRuntime, stop: asyncio.Event) -> None:
-            while not stop.is_set():
-                done = await self.run_once(runtime.pool)
-                if done == 0:
-                    await self._rest(stop)
+            await self.run(runtime.pool, stop)
 
         return saga_worker
 
-    async def _rest(self, stop: asyncio.Event) -> None:
+    async def run(self, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
+        """Keep up to ``saga_in_flight`` orders moving: claim due steps whenever there is room,
+        each order followed through the steps that come due at once, rather than a batch at a
+        time waiting for its slowest order. On stop, the steps under way are let finish."""
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while not stop.is_set():
+                wanted = min(self.own.saga_in_flight - len(in_flight), self.own.worker_batch_size)
+                claims = await self._claim(pool, wanted)
+                for claim in claims:
+                    task = asyncio.create_task(self._follow(pool, claim, stop))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                full = len(in_flight) >= self.own.saga_in_flight
+                if claims and len(claims) == wanted and not full:
+                    continue  # more may be due
+                await self._rest(stop, set(in_flight) if full else set())
+        finally:
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _rest(self, stop: asyncio.Event, full: set[asyncio.Task[None]]) -> None:
+        """Until a poll interval passes, an order is placed or cancelled, or (with every slot
+        taken) an order leaves the worker."""
         waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(self.wakeup.wait())]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait(
-                waiters, timeout=self.own.worker_interval_s, return_when=asyncio.FIRST_COMPLETED
+                [*waiters, *full],
+                timeout=self.own.worker_interval_s,
+                return_when=asyncio.FIRST_COMPLETED,
             )
         for waiter in waiters:
             waiter.cancel()
         self.wakeup.clear()
 
-    async def run_once(self, pool: asyncpg.Pool) -> int:
-        """Claim the due steps, run them side by side, record their outcomes; how many."""
+    async def _claim(self, pool: asyncpg.Pool, limit: int) -> list[service.Claim]:
+        if limit <= 0:
+            return []
         try:
             async with pool.acquire() as conn, conn.transaction():
-                claims = await service.claim_due(
-                    conn, self.clock, self.own.lease, self.own.worker_batch_size
-                )
+                return await service.claim_due(conn, self.clock, self.own.lease, limit)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("claiming saga steps failed", error=str(exc))
-            return 0
-        await asyncio.gather(*(self._advance(pool, claim) for claim in claims))
-        return len(claims)
+            return []
 
-    async def _advance(self, pool: asyncpg.Pool, claim: service.Claim) -> None:
+    async def _follow(self, pool: asyncpg.Pool, claim: service.Claim, stop: asyncio.Event) -> None:
+        """The claimed step, then each step that follows at once, under one lease; once the
+        worker is stopping, the order is let go after the step under way."""
+        following: service.Claim | None = claim
+        while following is not None:
+            following = await self._advance(pool, following, stop)
+
+    async def _advance(
+        self, pool: asyncpg.Pool, claim: service.Claim, stop: asyncio.Event
+    ) -> service.Claim | None:
         if claim.step in saga.LIFECYCLE:
             try:
                 async with pool.acquire() as conn:
                     order = await lifecycle.step_context(conn, claim.order, claim.step)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("reading a step's context failed", error=str(exc))
-                return  # the lease lapses and the step is tried again
+                return None  # the lease lapses and the step is tried again
             claim = replace(claim, order=order)
         outcome = await self._run_step(claim)
         STEPS_RUN.labels(claim.step, type(outcome).__name__.lower()).inc()
@@ -88,8 +116,11 @@ class SagaWorker:
             outcome=type(outcome).__name__,
         )
         try:
+            carry_on_for = None if stop.is_set() else self.own.lease
             async with pool.acquire() as conn, conn.transaction():
-                await service.record_outcome(conn, self.clock, claim, outcome, self.policies)
+                return await service.record_outcome(
+                    conn, self.clock, claim, outcome, self.policies, carry_on_for=carry_on_for
+                )
         except Exception as exc:
             # Not lost: the lease lapses and the step runs again under the same idempotency
             # keys; an order that keeps failing here shows in `omnistock orders stuck`. One
@@ -97,6 +128,7 @@ class SagaWorker:
             log.exception(
                 "recording a saga step failed", order_id=claim.order.order_id, error=str(exc)
             )
+            return None
 
     async def _run_step(self, claim: service.Claim) -> saga.Outcome:
         _, step, compensating = saga.step_named(claim.step)
@@ -105,7 +137,7 @@ class SagaWorker:
             # The whole step (it may make several calls) within its share of the lease.
             async with asyncio.timeout(self.own.step_timeout_s * 3):
                 return await action(self.participants, claim.order)
-        except (httpx.HTTPError, TimeoutError) as exc:
+        except (CallFailed, TimeoutError) as exc:
             return saga.Failed(f"{type(exc).__name__} {exc}".strip())
         except (KeyError, ValueError) as exc:
             # An answer we cannot read: counted as a failed try, never as success.

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import jwt
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from omnistock.platform.problems import Problem
 from omnistock.platform.settings import Settings
@@ -55,15 +56,31 @@ class TokenVerifier:
         self._jwks = jwt.PyJWKClient(settings.jwks_url) if settings.jwks_url else None
 
     def verify(self, token: str) -> Principal:
-        cached = self._cache.get(token)
-        now = time.time()
-        if cached is not None and cached.expires_at > now:
+        cached = self._cached(token)
+        if cached is not None:
             return cached
         principal = self._decode(token)
         self._cache[token] = principal
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return principal
+
+    async def verify_in_loop(self, token: str) -> Principal:
+        """``verify`` from the event loop: a cached token or a local HS256 check is cheaper
+        than the hop to a worker thread, while a JWKS lookup may block on the identity
+        provider's network and so goes to one."""
+        cached = self._cached(token)
+        if cached is not None:
+            return cached
+        if self._jwks is None:
+            return self.verify(token)
+        return await run_in_threadpool(self.verify, token)
+
+    def _cached(self, token: str) -> Principal | None:
+        cached = self._cache.get(token)
+        if cached is not None and cached.expires_at > time.time():
+            return cached
+        return None
 
     def _decode(self, token: str) -> Principal:
         try:
@@ -112,14 +129,16 @@ def mint_token(
 _bearer = HTTPBearer(auto_error=False)
 
 
-def authenticated(
+async def authenticated(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    # A coroutine: FastAPI runs a plain function dependency in its thread pool, and the hop
+    # there and back costs more than the check itself.
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Problem(401, "Authentication required", "send a bearer token", type_="unauthorized")
     verifier: TokenVerifier = request.app.state.token_verifier
-    return verifier.verify(credentials.credentials)
+    return await verifier.verify_in_loop(credentials.credentials)
 
 
 class RequireScopes:
@@ -130,7 +149,7 @@ class RequireScopes:
             raise ValueError("an endpoint names at least one scope")
         self.scopes = frozenset(scopes)
 
-    def __call__(self, principal: Annotated[Principal, Depends(authenticated)]) -> Principal:
+    def __call__(self, principal: Principal) -> Principal:
         if principal.scopes.isdisjoint(self.scopes):
             raise Problem(
                 403,
@@ -140,7 +159,13 @@ class RequireScopes:
             )
         return principal
 
+    async def dependency(
+        self, principal: Annotated[Principal, Depends(authenticated)]
+    ) -> Principal:
+        """The check as FastAPI calls it: a coroutine, so it stays off the thread pool."""
+        return self(principal)
+
 
 def requires(*scopes: str) -> Any:
     """``principal: Annotated[Principal, requires("inventory:read")]`` in a route's signature."""
-    return Depends(RequireScopes(*scopes))
+    return Depends(RequireScopes(*scopes).dependency)

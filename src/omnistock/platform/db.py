@@ -39,6 +39,15 @@ def _session_settings(schema: str) -> dict[str, str]:
     }
 
 
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """What the pool does to a connection it takes back, beyond asyncpg's own rollback of a
+    transaction left open: nothing. asyncpg's default sends ``SELECT pg_advisory_unlock_all();
+    CLOSE ALL; UNLISTEN *; RESET ALL`` every time, a round trip per acquire that costs both
+    processes CPU, for session state pooled connections never hold here: settings are fixed
+    at connect, advisory locks are taken per transaction, cursors live within one, and the
+    outbox relay's session lock and LISTEN are on a connection of its own."""
+
+
 async def create_pool(
     dsn: str, schema: str, *, min_size: int = 2, max_size: int = 20, **kwargs: Any
 ) -> asyncpg.Pool:
@@ -48,6 +57,7 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
+        reset=_keep_session,
         server_settings=_session_settings(schema),
         **kwargs,
     )

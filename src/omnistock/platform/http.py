@@ -173,8 +173,9 @@ def required_scopes(route: APIRoute) -> frozenset[str] | None:
     pending = list(route.dependant.dependencies)
     while pending:
         dependency = pending.pop()
-        if isinstance(dependency.call, RequireScopes):
-            return dependency.call.scopes
+        check = getattr(dependency.call, "__self__", None)
+        if isinstance(check, RequireScopes):
+            return check.scopes
         pending.extend(dependency.dependencies)
     return None
 

@@ -9,13 +9,13 @@ import hashlib
 from collections import Counter
 from typing import Any
 
-import httpx
 import orjson
 import structlog
 
 from omnistock.orders import domain
 from omnistock.orders.api.schemas import OrderIn
 from omnistock.orders.participants import Participants
+from omnistock.platform.client import Answer, CallFailed
 from omnistock.platform.problems import Problem
 
 log = structlog.get_logger(__name__)
@@ -46,7 +46,7 @@ async def check_prices(participants: Participants, order: OrderIn, tolerance_bp:
             f"/v1/price-lists/{order.channel_id}/quotes",
             body={"skus": [line.sku for line in order.lines]},
         )
-    except httpx.HTTPError:
+    except CallFailed:
         raise unavailable("pricing") from None
     if response.status_code == 404:
         raise Problem(
@@ -101,7 +101,7 @@ async def check_reservation(
         response = await participants.call(
             participants.inventory, "GET", f"/v1/reservations/{reservation_id}"
         )
-    except httpx.HTTPError:
+    except CallFailed:
         raise unavailable("inventory") from None
     if response.status_code not in (200, 404):
         raise unavailable("inventory")
@@ -195,7 +195,7 @@ async def reserve_lines(
                 body=body,
                 idempotency_key=f"{key}:{attempt}",
             )
-        except httpx.HTTPError:
+        except CallFailed:
             raise unavailable("inventory") from None
         if response.status_code != 201:
             raise _reservation_refused(order, response)
@@ -213,7 +213,7 @@ async def _still_held(participants: Participants, reservation_id: str) -> bool:
         response = await participants.call(
             participants.inventory, "GET", f"/v1/reservations/{reservation_id}"
         )
-    except httpx.HTTPError:
+    except CallFailed:
         raise unavailable("inventory") from None
     if response.status_code == 404:
         return False
@@ -222,7 +222,7 @@ async def _still_held(participants: Participants, reservation_id: str) -> bool:
     return response.json()["status"] in ("active", "committed")
 
 
-def _reservation_refused(order: OrderIn, response: httpx.Response) -> Problem:
+def _reservation_refused(order: OrderIn, response: Answer) -> Problem:
     """Inventory's refusal as the order's: its 409s (out of stock, a limit per customer)
     passed on with their errors pointed at the order's lines."""
     if response.status_code == 404:
@@ -260,7 +260,7 @@ async def release_reservation(participants: Participants, reservation_id: str) -
         response = await participants.call(
             participants.inventory, "DELETE", f"/v1/reservations/{reservation_id}"
         )
-    except httpx.HTTPError as exc:
+    except CallFailed as exc:
         log.warning("reservation not released", reservation_id=reservation_id, error=str(exc))
         return
     if response.status_code not in (204, 404):

@@ -23,6 +23,7 @@ from omnistock.platform.auth import CUSTOMER_SCOPE, Principal, requires
 from omnistock.platform.clock import Clock
 from omnistock.platform.http import FastJSONResponse
 from omnistock.platform.problems import Problem, field_problem
+from omnistock.platform.ratelimit import ConcurrencyLimit
 from omnistock.platform.runtime import ServiceRuntime
 
 router = APIRouter(prefix="/v1", tags=["orders"])
@@ -37,6 +38,7 @@ class State:
         self.own: OrdersSettings = state.orders_settings
         self.participants: Participants = state.participants
         self.worker: SagaWorker = state.worker
+        self.placing: ConcurrencyLimit = state.placing
 
 
 def not_found(order_id: str) -> Problem:
@@ -97,7 +99,8 @@ async def place_order(
     the lines). Prices are checked against pricing (beyond the tolerance: 409 naming the lines)
     and a given reservation against the lines; the order and OrderPlaced commit together and
     the reply comes at once, status ``placed``. The saga carries on in the background; read
-    the order (or its events) for the rest."""
+    the order (or its events) for the rest. With too many orders being placed already, 503
+    with Retry-After: nothing was done."""
     state = State(request)
     key = idempotency.checked_key(idempotency_key)
     assert key is not None
@@ -109,6 +112,22 @@ async def place_order(
         key,
         idempotency.request_fingerprint("POST", "/v1/orders", body.model_dump(mode="json")),
     )
+    if not state.placing.try_enter():
+        raise Problem(
+            503,
+            "Busy",
+            "too many orders are being placed right now: try again",
+            type_="busy",
+            headers={"Retry-After": "1"},
+        )
+    try:
+        return await place(placement)
+    finally:
+        state.placing.leave()
+
+
+async def place(placement: Placement) -> FastJSONResponse:
+    state, body = placement.state, placement.body
     # A repeat gets the first answer, whatever prices have done since.
     stored = await placement.stored()
     if stored is None:
@@ -178,12 +197,17 @@ async def write_order(placement: Placement, reservation_id: str) -> idempotency.
             "payment_token": body.payment.token,
             "loyalty_points": body.loyalty_points,
         }
-        order_id = await service.place_order(conn, state.clock, order, state.own.confirm_within())
-        return 201, await service.order_view(conn, order_id)
+        return 201, await service.placed_order(conn, state.clock, order, state.own.confirm_within())
 
     try:
+        # The request looked for a stored answer before its calls to the other services.
         return await idempotency.run_once(
-            state.runtime.pool, placement.subject, placement.key, placement.fingerprint, effect
+            state.runtime.pool,
+            placement.subject,
+            placement.key,
+            placement.fingerprint,
+            effect,
+            looked_up=True,
         )
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name != "orders_reservation_id_key":
