@@ -13,6 +13,10 @@ import httpx
 import pytest
 
 from omnistock.orders import service as orders_service
+from omnistock.orders.api import intake
+from omnistock.orders.api.schemas import OrderIn
+from omnistock.orders.participants import Participants
+from tests.integration import test_orders_e2e as e2e
 from tests.integration.test_orders_e2e import (
     PRICE,
     Orders,
@@ -171,3 +175,42 @@ async def test_an_order_not_written_gives_back_its_reservation_and_a_retry_reser
     await reaches(service, order["order_id"], "confirmed")
     assert await stock(inventory_client, shop) == (0, 4, shop.on_hand - 4)
     assert await orders_of(service, "pia") == 1
+
+
+async def test_beyond_the_orders_being_placed_at_once_a_placement_is_a_503_to_retry(
+    stack: Stack, shop: Shop, inventory_client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    priced, go_on = asyncio.Event(), asyncio.Event()
+    check_prices = intake.check_prices
+
+    async def slow_pricing(participants: Participants, order: OrderIn, tolerance: int) -> None:
+        priced.set()
+        await go_on.wait()
+        await check_prices(participants, order, tolerance)
+
+    monkeypatch.setattr(intake, "check_prices", slow_pricing)
+    own = stack.orders_settings(placements_in_flight=1)
+    async with e2e.orders_service(stack, own=own) as running:
+        headers = keyed(as_customer(stack, "rita"))
+        first = asyncio.create_task(
+            running.client.post("/v1/orders", json=unreserved(shop, 1), headers=headers)
+        )
+        await asyncio.wait_for(priced.wait(), 10)
+        turned_away = await running.client.post(
+            "/v1/orders", json=unreserved(shop, 2), headers=keyed(as_customer(stack, "rita"))
+        )
+        assert turned_away.status_code == 503, turned_away.text
+        assert turned_away.headers["content-type"].startswith("application/problem+json")
+        assert turned_away.headers["Retry-After"] == "1"
+        assert turned_away.json()["type"] == "urn:omnistock:problem:busy"
+        go_on.set()
+        assert (await first).status_code == 201
+        assert await orders_of(running, "rita") == 1
+        assert await stock(inventory_client, shop) in (
+            (0, 1, shop.on_hand - 1),
+            (1, 0, shop.on_hand - 1),
+        )
+        again = await running.client.post(
+            "/v1/orders", json=unreserved(shop, 2), headers=keyed(as_customer(stack, "rita"))
+        )
+        assert again.status_code == 201, again.text

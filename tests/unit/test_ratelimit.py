@@ -1,4 +1,4 @@
-from omnistock.platform.ratelimit import RateLimiter
+from omnistock.platform.ratelimit import ConcurrencyLimit, RateLimiter
 
 
 def test_a_client_gets_its_burst_then_its_rate() -> None:
@@ -14,3 +14,11 @@ def test_tokens_never_pile_up_beyond_the_burst() -> None:
     assert limiter.allow("c", now=0.0)
     granted = [limiter.allow("c", now=3600.0) for _ in range(3)]
     assert granted == [True, True, False]
+
+
+def test_requests_beyond_the_cap_are_turned_away_until_one_leaves() -> None:
+    cap = ConcurrencyLimit(2)
+    assert [cap.try_enter() for _ in range(3)] == [True, True, False]
+    cap.leave()
+    assert cap.try_enter() is True
+    assert cap.try_enter() is False

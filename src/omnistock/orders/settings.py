@@ -45,6 +45,9 @@ class OrdersSettings(BaseSettings):
     trial_days: int = Field(default=14, ge=1, le=90)
     trial_days_by_market: dict[str, int] = Field(default_factory=dict)
     return_within_days: int = Field(default=30, ge=0, le=365)
+    # Orders being placed at once; beyond, a placement is answered 503 with Retry-After at
+    # once instead of queueing (each waits on pricing, inventory and the database).
+    placements_in_flight: int = Field(default=64, ge=1)
     worker_interval_s: float = Field(default=0.5, gt=0)
     # Steps claimed at most per query, and orders the saga worker carries at once (each holds
     # a database connection only while it records a step's outcome).

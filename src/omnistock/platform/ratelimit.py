@@ -1,4 +1,4 @@
-"""Rate limits per client."""
+"""Rate limits per client, and caps on requests under way."""
 
 from __future__ import annotations
 
@@ -21,3 +21,22 @@ class RateLimiter:
             return False
         self._buckets[client] = (tokens - 1, now)
         return True
+
+
+class ConcurrencyLimit:
+    """At most ``limit`` requests of a kind under way: one more is turned away at once (to
+    come back later) rather than queued behind them, where every request would wait longer
+    and longer while the work it waits for is no faster."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.under_way = 0
+
+    def try_enter(self) -> bool:
+        if self.under_way >= self.limit:
+            return False
+        self.under_way += 1
+        return True
+
+    def leave(self) -> None:
+        self.under_way -= 1

@@ -14,6 +14,7 @@ from omnistock.orders.settings import OrdersSettings
 from omnistock.orders.worker import SagaWorker
 from omnistock.platform.clock import Clock, SystemClock
 from omnistock.platform.http import create_app
+from omnistock.platform.ratelimit import ConcurrencyLimit
 from omnistock.platform.runtime import ServiceRuntime, periodic
 from omnistock.platform.settings import Settings, get_settings
 
@@ -72,4 +73,5 @@ def build_app(
     app.state.orders_settings = own
     app.state.participants = participants
     app.state.worker = worker
+    app.state.placing = ConcurrencyLimit(own.placements_in_flight)
     return app

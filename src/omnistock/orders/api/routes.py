@@ -23,6 +23,7 @@ from omnistock.platform.auth import CUSTOMER_SCOPE, Principal, requires
 from omnistock.platform.clock import Clock
 from omnistock.platform.http import FastJSONResponse
 from omnistock.platform.problems import Problem, field_problem
+from omnistock.platform.ratelimit import ConcurrencyLimit
 from omnistock.platform.runtime import ServiceRuntime
 
 router = APIRouter(prefix="/v1", tags=["orders"])
@@ -37,6 +38,7 @@ class State:
         self.own: OrdersSettings = state.orders_settings
         self.participants: Participants = state.participants
         self.worker: SagaWorker = state.worker
+        self.placing: ConcurrencyLimit = state.placing
 
 
 def not_found(order_id: str) -> Problem:
@@ -97,7 +99,8 @@ async def place_order(
     the lines). Prices are checked against pricing (beyond the tolerance: 409 naming the lines)
     and a given reservation against the lines; the order and OrderPlaced commit together and
     the reply comes at once, status ``placed``. The saga carries on in the background; read
-    the order (or its events) for the rest."""
+    the order (or its events) for the rest. With too many orders being placed already, 503
+    with Retry-After: nothing was done."""
     state = State(request)
     key = idempotency.checked_key(idempotency_key)
     assert key is not None
@@ -109,6 +112,22 @@ async def place_order(
         key,
         idempotency.request_fingerprint("POST", "/v1/orders", body.model_dump(mode="json")),
     )
+    if not state.placing.try_enter():
+        raise Problem(
+            503,
+            "Busy",
+            "too many orders are being placed right now: try again",
+            type_="busy",
+            headers={"Retry-After": "1"},
+        )
+    try:
+        return await place(placement)
+    finally:
+        state.placing.leave()
+
+
+async def place(placement: Placement) -> FastJSONResponse:
+    state, body = placement.state, placement.body
     # A repeat gets the first answer, whatever prices have done since.
     stored = await placement.stored()
     if stored is None:
