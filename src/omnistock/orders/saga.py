@@ -94,6 +94,9 @@ class Step:
     reaches: OrderStatus | None  # the order's status once the step is done
     action: Action
     compensation: Action | None  # None: a lifecycle step, retried until it succeeds
+    # Whether the order has anything to do at this step, or to undo at its compensation; a
+    # step it has not (and that reaches no status) is passed without running its calls.
+    needed: Callable[[SagaOrder], bool] = lambda _order: True
 
 
 def _failed(response: Answer) -> Failed:
@@ -379,7 +382,7 @@ async def commit_points(participants: Participants, order: SagaOrder) -> Outcome
 STEPS: tuple[Step, ...] = (
     Step("commit_reservation", OrderStatus.ALLOCATED, commit_reservation, release_stock),
     Step("authorize_payment", OrderStatus.AUTHORIZED, authorize_payment, void_payment),
-    Step("hold_points", None, hold_points, release_points),
+    Step("hold_points", None, hold_points, release_points, lambda o: o.loyalty_points > 0),
 )
 """The placement saga, in order; after the last step the order is confirmed. A step that
 reaches no status of its own moves the saga on without a version."""
@@ -404,6 +407,17 @@ def step_named(name: str) -> tuple[int, Step, bool]:
         if step.name == bare:
             return index, step, compensating
     raise KeyError(name)
+
+
+def first_needed(name: str | None, order: SagaOrder) -> str | None:
+    """``name``, or the first step after it (the same way: forward or compensating) that the
+    order needs; None: none is left."""
+    while name is not None:
+        index, step, compensating = step_named(name)
+        if step.needed(order) or step.reaches is not None:
+            return name
+        name = next_compensation(index) if compensating else next_forward(index)
+    return None
 
 
 def first_step() -> str:
