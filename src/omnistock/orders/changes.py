@@ -36,10 +36,15 @@ async def change_status(
     now = clock.now()
     version = row["version"] + 1
     order_id = row["order_id"]
-    await repository.update_order(
-        conn, order_id, status=target.value, version=version, updated_at=now, **columns
+    await repository.update_order_with_history(
+        conn,
+        order_id,
+        (version, target.value, current.value, reason, during, now),
+        status=target.value,
+        version=version,
+        updated_at=now,
+        **columns,
     )
-    await repository.add_history(conn, order_id, version, target, current, reason, during, now)
     event = contract.OrderStatusChanged(
         order_id=order_id,
         customer_id=row["customer_id"],
@@ -66,8 +71,13 @@ async def record_change(
     version = row["version"] + 1
     order_id = row["order_id"]
     status = row["status"]
-    await repository.update_order(conn, order_id, version=version, updated_at=now)
-    await repository.add_history(conn, order_id, version, status, status, reason, None, now)
+    await repository.update_order_with_history(
+        conn,
+        order_id,
+        (version, status, status, reason, None, now),
+        version=version,
+        updated_at=now,
+    )
     await add_to_outbox(conn, SERVICE, [message(event, order_id, version)], clock)
     return {**dict(row), "version": version}
 

@@ -21,13 +21,24 @@ UNCONFIRMED = [OrderStatus.PLACED, OrderStatus.ALLOCATED, OrderStatus.AUTHORIZED
 
 
 async def insert_order(conn: asyncpg.Connection, order: dict[str, Any]) -> None:
+    """The order, its lines and its first history row, in one statement (one round trip)."""
+    lines = order["lines"]
     await conn.execute(
-        """INSERT INTO orders (order_id, customer_id, channel_id, platform, currency, total,
-               reservation_id, delivery, payment_method, payment_token, loyalty_points, status,
-               version, step, step_started_at, next_attempt_at, confirm_by, placed_at,
-               updated_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $14, $14, $15,
-                   $14, $14)""",
+        """WITH placed AS (
+               INSERT INTO orders (order_id, customer_id, channel_id, platform, currency, total,
+                   reservation_id, delivery, payment_method, payment_token, loyalty_points,
+                   status, version, step, step_started_at, next_attempt_at, confirm_by,
+                   placed_at, updated_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $14, $14,
+                       $15, $14, $14)
+               RETURNING order_id),
+           lines AS (
+               INSERT INTO order_lines (order_id, line_number, sku, quantity, unit_price)
+               SELECT $1, number - 1, sku, quantity, unit_price
+               FROM unnest($16::text[], $17::integer[], $18::bigint[])
+                    WITH ORDINALITY AS line(sku, quantity, unit_price, number))
+           INSERT INTO order_history (order_id, version, status, changed_at)
+           SELECT order_id, 1, $12, $14 FROM placed""",
         order["order_id"],
         order["customer_id"],
         order["channel_id"],
@@ -43,14 +54,9 @@ async def insert_order(conn: asyncpg.Connection, order: dict[str, Any]) -> None:
         order["step"],
         order["placed_at"],
         order["confirm_by"],
-    )
-    await conn.executemany(
-        """INSERT INTO order_lines (order_id, line_number, sku, quantity, unit_price)
-           VALUES ($1, $2, $3, $4, $5)""",
-        [
-            (order["order_id"], number, line["sku"], line["quantity"], line["unit_price"])
-            for number, line in enumerate(order["lines"])
-        ],
+        [line["sku"] for line in lines],
+        [line["quantity"] for line in lines],
+        [line["unit_price"] for line in lines],
     )
 
 
@@ -123,6 +129,28 @@ async def update_order(conn: asyncpg.Connection, order_id: str, **columns: Any) 
     await conn.execute(
         f"UPDATE orders SET {assignments} WHERE order_id = $1",
         uuid.UUID(order_id),
+        *columns.values(),
+    )
+
+
+async def update_order_with_history(
+    conn: asyncpg.Connection,
+    order_id: str,
+    history: tuple[int, str, str | None, str | None, str | None, datetime],
+    **columns: Any,
+) -> None:
+    """``update_order`` and ``add_history`` (version, status, previous status, reason, step,
+    at) in one statement: one round trip to the database instead of two."""
+    names = list(columns)
+    assignments = ", ".join(f"{name} = ${number}" for number, name in enumerate(names, start=8))
+    await conn.execute(
+        f"""WITH changed AS (
+                UPDATE orders SET {assignments} WHERE order_id = $1 RETURNING order_id)
+            INSERT INTO order_history
+                (order_id, version, status, previous_status, reason, step, changed_at)
+            SELECT order_id, $2, $3, $4, $5, $6, $7 FROM changed""",
+        uuid.UUID(order_id),
+        *history,
         *columns.values(),
     )
 

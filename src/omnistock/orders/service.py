@@ -74,7 +74,6 @@ async def placed_order(
         "confirm_by": now + confirm_within,
     }
     await repository.insert_order(conn, row)
-    await repository.add_history(conn, order_id, 1, OrderStatus.PLACED, None, None, None, now)
     event = contract.OrderPlaced(
         order_id=order_id,
         customer_id=order["customer_id"],
