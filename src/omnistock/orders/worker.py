@@ -94,7 +94,14 @@ class SagaWorker:
         worker is stopping, the order is let go after the step under way."""
         following: service.Claim | None = claim
         while following is not None:
-            following = await self._advance(pool, following, stop)
+            current = following
+            try:
+                following = await self._advance(pool, current, stop)
+            except Exception:
+                # Nobody awaits this task: said here, or it would be lost. The lease lapses and
+                # a worker takes the step again; the other orders go on meanwhile.
+                log.exception("saga step crashed", order_id=current.order.order_id)
+                return
 
     async def _advance(
         self, pool: asyncpg.Pool, claim: service.Claim, stop: asyncio.Event

@@ -59,23 +59,18 @@ async def run_once(
     key: str,
     fingerprint: str,
     effect: Callable[[asyncpg.Connection], Awaitable[tuple[int, Any]]],
-    *,
-    looked_up: bool = False,
 ) -> StoredAnswer:
     """Run ``effect`` in a transaction that also stores its answer under (principal, key).
-    ``looked_up``: the caller has just found no answer stored, so the look before claiming
-    the key is left out (the look under the claim is what decides).
 
     The key is claimed first (a transaction-scoped advisory lock): a second request with the
     same key waits until the first has committed or rolled back, then finds the stored answer,
     rather than running its effect against the state the first just left and being refused
     (an order that already has its payment, say). Errors (4xx raised as Problem) are not stored:
     nothing was changed, so the client may correct the request and send it again.
+
+    The answer is looked for only under the claim: a look before it would save a repeat the
+    transaction, at the price of a round trip for every first request, which most are.
     """
-    if not looked_up:
-        stored = await stored_answer(pool, principal, key, fingerprint)
-        if stored is not None:
-            return stored
     try:
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _claim(principal, key))

@@ -200,14 +200,8 @@ async def write_order(placement: Placement, reservation_id: str) -> idempotency.
         return 201, await service.placed_order(conn, state.clock, order, state.own.confirm_within())
 
     try:
-        # The request looked for a stored answer before its calls to the other services.
         return await idempotency.run_once(
-            state.runtime.pool,
-            placement.subject,
-            placement.key,
-            placement.fingerprint,
-            effect,
-            looked_up=True,
+            state.runtime.pool, placement.subject, placement.key, placement.fingerprint, effect
         )
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name != "orders_reservation_id_key":
