@@ -440,11 +440,14 @@ def run_drill(options: DrillOptions, as_json: bool) -> int:
     console = Console(stderr=True)
     outcome = asyncio.run(Drill(options, get_settings(), console).execute())
     line = json.dumps(outcome, separators=(",", ":"))
+    # The live board leaves its last line open: the JSON starts on a line of its own, and
+    # comes last even where stderr and stdout go to one place.
+    console.line()
+    console.print(f"results and the recorder: {options.out / 'drills.json'}")
     if as_json:
         print(line, flush=True)
     else:
         console.print_json(line)
-    console.print(f"results and the recorder: {options.out / 'drills.json'}")
     recovered = all(
         f.get("recovery_s") is not None or "skipped" in f for f in outcome["faults"].values()
     )
