@@ -124,3 +124,47 @@ async def test_a_few_requests_wait_for_the_running_batch_rather_than_run_alone()
     batcher.ends[1].set()
     await asyncio.gather(first, later)
     await batcher.stop()
+
+
+class OutageThenBack:
+    """A pool that refuses connections while the database is away, then gives them again."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[None]:
+        if self.refusals:
+            self.refusals -= 1
+            raise ConnectionRefusedError(111, "Connection refused")
+        yield None
+
+
+class OutageBatcher(ReservationBatcher):
+    def __init__(self, pool: OutageThenBack) -> None:
+        outage: Any = pool
+        super().__init__(outage, ManualClock(datetime(2026, 1, 1, tzinfo=UTC)), workers=2)
+
+    async def _run_batch(self, conn: Any, batch: list[Any]) -> None:
+        for pending in batch:
+            pending.answer.set_result(StoredAnswer(201, {}, replayed=False))
+
+    async def _run_alone(self, pending: Any) -> None:
+        # As the real one does with the database away: the request fails on its own.
+        pending.answer.set_exception(ConnectionRefusedError(111, "Connection refused"))
+
+
+async def test_workers_outlive_a_database_outage_and_serve_once_it_is_back() -> None:
+    batcher = OutageBatcher(OutageThenBack(refusals=6))
+    batcher.start()
+    try:
+        # Each worker meets the outage several times: every request is answered (refused),
+        # none is left waiting on a worker that died.
+        for n in range(6):
+            with pytest.raises(ConnectionRefusedError):
+                await asyncio.wait_for(submit(batcher, f"DOWN-{n}"), 1)
+        back = await asyncio.wait_for(submit(batcher, "UP"), 1)
+        assert back.status == 201
+        assert all(not worker.done() for worker in batcher._workers)
+    finally:
+        await batcher.stop(timeout_s=0.1)

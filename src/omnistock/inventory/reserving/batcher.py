@@ -130,14 +130,25 @@ class ReservationBatcher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            # One connection for as long as batches keep coming: handing it back to the pool
-            # between them costs a round trip (its reset) every time.
-            async with self._pool.acquire() as conn:
-                while batch:
-                    with self._holding(batch):
-                        if not await self._run(conn, batch):
-                            break  # the pool checks the connection and replaces a broken one
-                    batch = self._next_batch()
+            try:
+                # One connection for as long as batches keep coming: handing it back to the
+                # pool between them costs a round trip (its reset) every time.
+                async with self._pool.acquire() as conn:
+                    while batch:
+                        with self._holding(batch):
+                            if not await self._run(conn, batch):
+                                break  # the pool checks the connection, replaces a broken one
+                        batch = self._next_batch()
+            except Exception:
+                # No connection to be had, or a broken one not taken back (the database went
+                # away): this worker must live on, or reservations would wait for ever once
+                # every worker had met an outage. Requests not answered get their own try.
+                log.warning("reservation worker lost the database", exc_info=True)
+                unanswered = [pending for pending in batch if not pending.answer.done()]
+                if unanswered:
+                    with self._holding(unanswered):
+                        for pending in unanswered:
+                            await self._run_alone(pending)
 
     @contextlib.contextmanager
     def _holding(self, batch: list[_Pending]) -> Iterator[None]:
