@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from rich.table import Table
 from omnistock.demo import SERVICE
 from omnistock.platform import db
 from omnistock.platform.auth import mint_token
+from omnistock.platform.children import free_ports
 from omnistock.platform.settings import Settings, get_settings
 
 console = Console()
@@ -42,13 +42,6 @@ class Tally:
     published: int = 0
     applied: int = 0
     notes: list[str] = field(default_factory=list)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def start_service(port: int) -> subprocess.Popen[bytes]:
@@ -85,7 +78,7 @@ def render(tally: Tally, total: int) -> Table:
 
 
 async def run(settings: Settings, total: int) -> Tally:
-    port = free_port()
+    (port,) = free_ports(1)
     token = mint_token(settings, "demo-client", ["demo:write", "demo:read"])
     tally = Tally()
     process = start_service(port)

@@ -1,9 +1,11 @@
-"""Child processes that do not outlive the process that started them."""
+"""Child processes: ports of their own, and no outliving the process that started them."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import signal
+import socket
 import sys
 
 PR_SET_PDEATHSIG = 1  # prctl(2)
@@ -19,3 +21,16 @@ def die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free now. The sockets are held until all are chosen: closed
+    one by one, the kernel may hand the same port out twice, and two children would then race
+    for it (one answering what was meant for the other)."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            probe = held.enter_context(socket.socket())
+            probe.bind(("127.0.0.1", 0))
+            ports.append(int(probe.getsockname()[1]))
+        return ports

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from omnistock.contracts.payments import PAYMENTS
 from omnistock.contracts.topics import ALL_TOPICS
 from omnistock.platform import db, kafka
 from omnistock.platform.auth import mint_token
-from omnistock.platform.children import die_with_parent
+from omnistock.platform.children import die_with_parent, free_ports
 from omnistock.platform.migrations import migrate, migrations_for
 from omnistock.platform.settings import Settings
 from omnistock.services import SERVICES as REGISTRY
@@ -58,13 +57,6 @@ GROUP_TOPICS = {
     "OMNISTOCK_LOYALTY_ORDERS_GROUP": (ORDERS.name,),
     "OMNISTOCK_CUSTOMER_SYNC_GROUP": (ORDERS.name, PAYMENTS.name),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -214,7 +206,7 @@ class Fleet:
         self.directory.mkdir(parents=True, exist_ok=True)
         await self.prepare()
         names = [PSP, *self.services]
-        ports = {name: free_port() for name in names}
+        ports = dict(zip(names, free_ports(len(names)), strict=True))
         urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
         for name in names:
             member = Member(

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import functools
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from omnistock.contracts import ALL_TOPICS
 from omnistock.orders import consumers
 from omnistock.platform import kafka
 from omnistock.platform.auth import mint_token
+from omnistock.platform.children import free_ports
 from omnistock.platform.clock import SystemClock
 from omnistock.platform.consumer import Subscription
 from omnistock.platform.settings import Settings
@@ -66,13 +66,6 @@ def _cpu_ms(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = int(fields[11]) + int(fields[12])  # utime + stime
     return ticks * 1000 / os.sysconf("SC_CLK_TCK")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _environment(
@@ -158,7 +151,8 @@ async def started(settings: Settings, run: str) -> AsyncIterator[Stack]:
     schemas = {name: f"bench_orders_{run}_{name}" for name in SERVICES}
     for name, schema in schemas.items():
         await fresh_schema(settings, schema, name, f"omnistock.{name}")
-    urls = {name: f"http://127.0.0.1:{_free_port()}" for name in SERVICES}
+    ports = free_ports(len(SERVICES))
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in zip(SERVICES, ports, strict=True)}
     processes: dict[str, subprocess.Popen[bytes]] = {}
     logs = Path(tempfile.gettempdir())
     try:
