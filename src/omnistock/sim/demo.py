@@ -78,6 +78,7 @@ def run_demo(options: DemoOptions) -> int:
     began = time.monotonic()
     drill_options = DrillOptions(out=out / "drill", seed=options.seed, faults=options.faults)
     drilled = asyncio.run(Drill(drill_options, settings, console).execute())
+    console.line()  # the drill's live board leaves its last line open
     shutil.copyfile(out / "drill" / "drills.json", out / report.DRILLS)
     timings["drills_s"] = time.monotonic() - began
 
