@@ -183,6 +183,11 @@ async def order_status_changed(
 ) -> None:
     """Completed (at ``at``): the order earns once its return window has passed, and points
     it still holds are spent. Cancelled: points it holds come back."""
+    if changed.status not in ("completed", "cancelled"):
+        # Most of an order's changes mean nothing here: answered without a query, so that a
+        # backlog of them (after an outage) drains in seconds. Versions only order the
+        # changes that do count against each other and against returns.
+        return
     purchase = await repository.load_purchase(conn, changed.order_id, lock=True)
     if purchase is None or changed.version <= purchase.order_version:
         return  # an order placed before the programme knew it, or an old version
