@@ -23,14 +23,20 @@ from omnistock.platform.consumer import Handler, Subscription
 from omnistock.platform.events import Event
 
 
+def _ours(order_id: str) -> bool:
+    """Whether an event's order id can be one of our orders (ours are UUIDs; other systems
+    share the topics with ids of their own)."""
+    try:
+        uuid.UUID(order_id)
+    except ValueError:
+        return False
+    return True
+
+
 def payment_decided(clock: Clock) -> Handler:
     async def handle(conn: asyncpg.Connection, batch: Sequence[Event[Any]]) -> None:
-        order_ids = []
-        for event in batch:
-            try:
-                order_ids.append(uuid.UUID(event.data.order_id))
-            except ValueError:
-                continue  # a payment of something that is not one of our orders
+        # A payment of something that is not one of our orders is not ours to wake.
+        order_ids = [uuid.UUID(e.data.order_id) for e in batch if _ours(e.data.order_id)]
         await repository.wake(conn, order_ids, "authorize_payment", clock.now())
 
     return handle
@@ -49,10 +55,8 @@ def allocation_shipped(clock: Clock) -> Handler:
     async def handle(conn: asyncpg.Connection, batch: Sequence[Event[Any]]) -> None:
         for event in batch:
             shipped: AllocationShipped = event.data
-            try:
-                uuid.UUID(shipped.order_id)
-            except ValueError:
-                continue  # an order id that is not one of ours
+            if not _ours(shipped.order_id):
+                continue
             await lifecycle.record_shipment(
                 conn, clock, shipped.order_id, shipped.allocation_id, shipped.shipment_id
             )
@@ -64,9 +68,7 @@ def parcel_expired(clock: Clock) -> Handler:
     async def handle(conn: asyncpg.Connection, batch: Sequence[Event[Any]]) -> None:
         for event in batch:
             expired: ParcelExpired = event.data
-            try:
-                uuid.UUID(expired.order_id)
-            except ValueError:
+            if not _ours(expired.order_id):
                 continue
             await lifecycle.parcel_expired(conn, clock, expired.order_id)
 
