@@ -510,3 +510,57 @@ async def test_input_past_what_the_database_holds_is_a_4xx_naming_the_field(
     assert twice.status_code == 422
     assert twice.json()["errors"][0]["field"] == "sourcing"
     assert await pool.fetchval("SELECT count(*) FROM stock WHERE sku = $1", sku) == 0
+
+
+async def test_writes_safe_to_repeat_take_an_idempotency_key_and_replay_the_first_answer(
+    client: httpx.AsyncClient, pool: Any
+) -> None:
+    net = await setup_network(client)
+    channel, sku = net["channels"][0], unique("KEYED")
+    await count(client, net["warehouse"], sku, 10)
+
+    def key(name: str) -> dict[str, str]:
+        return {"Idempotency-Key": f"{name}-{sku}"}
+
+    # Release: the repeat under the key is the first answer (204), not a refusal.
+    held = (await reserve(client, channel, [(sku, 2)])).json()["reservation_id"]
+    path = f"/v1/reservations/{held}"
+    first = await client.delete(path, headers=key("release"))
+    again = await client.delete(path, headers=key("release"))
+    assert (first.status_code, again.status_code) == (204, 204)
+    assert again.headers.get("Idempotent-Replayed") == "true" and again.content == b""
+    assert (await client.delete(path)).status_code == 409  # without a key: computed afresh
+
+    # Extend: the repeat does not push the expiry further; the key reused for another TTL is
+    # refused and changes nothing.
+    held = (await reserve(client, channel, [(sku, 2)])).json()["reservation_id"]
+    path = f"/v1/reservations/{held}/extend"
+    extended = await client.post(path, json={"ttl_seconds": 600}, headers=key("extend"))
+    replayed = await client.post(path, json={"ttl_seconds": 600}, headers=key("extend"))
+    assert extended.status_code == 200, extended.text
+    assert replayed.json() == extended.json()
+    assert replayed.headers.get("Idempotent-Replayed") == "true"
+    reused = await client.post(path, json={"ttl_seconds": 900}, headers=key("extend"))
+    assert reused.status_code == 422
+    assert reused.json()["errors"][0]["field"] == "header.Idempotency-Key"
+    expires_at = await pool.fetchval(
+        "SELECT expires_at FROM reservations WHERE reservation_id = $1::uuid", held
+    )
+    assert expires_at.isoformat() == extended.json()["expires_at"]
+
+    # Commit, then cancel: the repeated cancellation still names the one allocation released,
+    # where one without a key finds nothing left to release.
+    order = unique("order")
+    path = f"/v1/reservations/{held}/commit"
+    committed = await client.post(path, json={"order_id": order}, headers=key("commit"))
+    assert committed.status_code == 200, committed.text
+    recommitted = await client.post(path, json={"order_id": order}, headers=key("commit"))
+    assert recommitted.json() == committed.json()
+    assert recommitted.headers.get("Idempotent-Replayed") == "true"
+    path = f"/v1/orders/{order}/cancel"
+    cancelled = await client.post(path, json={"reason": "customer"}, headers=key("cancel"))
+    assert cancelled.json() == {"order_id": order, "released": 1}
+    recancelled = await client.post(path, json={"reason": "customer"}, headers=key("cancel"))
+    assert recancelled.json() == {"order_id": order, "released": 1}
+    assert (await client.post(path, json={"reason": "customer"})).json()["released"] == 0
+    assert await available(client, channel, sku) == 10

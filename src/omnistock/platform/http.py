@@ -52,6 +52,14 @@ class FastJSONResponse(JSONResponse):
         return orjson.dumps(content)
 
 
+class NoContent(FastJSONResponse):
+    """A 204 where a JSON response is expected (a stored answer replayed): no body at all, not
+    even ``null``."""
+
+    def render(self, content: Any) -> bytes:
+        return b""
+
+
 class RequestContext:
     """Pure ASGI middleware: a request id on every request and response, and latency metrics."""
 

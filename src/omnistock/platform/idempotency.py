@@ -13,7 +13,7 @@ import orjson
 from fastapi import Request
 from pydantic import BaseModel
 
-from omnistock.platform.http import FastJSONResponse
+from omnistock.platform.http import FastJSONResponse, NoContent
 from omnistock.platform.problems import Problem
 
 MAX_KEY_LENGTH = 200
@@ -173,4 +173,6 @@ async def respond_once(
     )
     answer = await run_once(pool, principal, checked, fingerprint, effect)
     headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
+    if answer.status == 204:
+        return NoContent(None, status_code=204, headers=headers)
     return FastJSONResponse(answer.body, status_code=answer.status, headers=headers)

@@ -14,7 +14,7 @@ from omnistock.inventory.reserving import REFUSALS, CustomerIdRequired
 from omnistock.platform import db, idempotency
 from omnistock.platform.auth import Principal
 from omnistock.platform.clock import Clock
-from omnistock.platform.http import FastJSONResponse
+from omnistock.platform.http import FastJSONResponse, NoContent
 from omnistock.platform.problems import Problem
 from omnistock.platform.runtime import ServiceRuntime
 
@@ -129,3 +129,22 @@ async def run_once_per_key(
         )
     except ANSWERED_AS_PROBLEMS as exc:
         raise as_problem(exc) from None
+
+
+async def run_once_if_keyed(
+    request: Request,
+    principal: Principal,
+    key: str | None,
+    body: BaseModel | None,
+    work: Callable[[asyncpg.Connection], Awaitable[tuple[int, Any]]],
+) -> FastJSONResponse:
+    """For writes that are safe to repeat by their nature (release, extend, commit, ship,
+    cancel): with an Idempotency-Key, a repeat gets the first answer rather than one computed
+    afresh (a second release is then the first's 204, not a 409, and a repeated cancellation
+    names the units the first one released); without a key, the write runs as it comes."""
+    if key is not None:
+        return await run_once_per_key(request, principal, key, body, work)
+    status, answer = await in_transaction(request, work)
+    if status == 204:
+        return NoContent(None, status_code=204)
+    return FastJSONResponse(answer, status_code=status)

@@ -14,6 +14,7 @@ from omnistock.inventory.api.common import (
     as_problem,
     in_transaction,
     router,
+    run_once_if_keyed,
     run_once_per_key,
     state_of,
 )
@@ -166,22 +167,29 @@ def _uuid(value: str) -> str:
         ) from None
 
 
+# Each of these is safe to repeat by its nature; an Idempotency-Key makes a repeat get the
+# first answer (see ``run_once_if_keyed``).
+IdempotencyKey = Annotated[
+    str | None, Header(description="Optional: a repeat with it gets the first answer")
+]
+
+
 @router.post("/reservations/{reservation_id}/extend")
 async def extend_reservation(
     reservation_id: str,
     body: Extension,
     request: Request,
     principal: Annotated[Principal, requires("inventory:reserve")],
-) -> dict[str, Any]:
+    idempotency_key: IdempotencyKey = None,
+) -> FastJSONResponse:
     await _check_owner(request, principal, reservation_id)
     _, clock = state_of(request)
-    result: dict[str, Any] = await in_transaction(
-        request,
-        lambda conn: service.extend(
-            conn, clock, _uuid(reservation_id), timedelta(seconds=body.ttl_seconds)
-        ),
-    )
-    return result
+
+    async def work(conn: asyncpg.Connection) -> tuple[int, Any]:
+        ttl = timedelta(seconds=body.ttl_seconds)
+        return 200, await service.extend(conn, clock, _uuid(reservation_id), ttl)
+
+    return await run_once_if_keyed(request, principal, idempotency_key, body, work)
 
 
 @router.delete("/reservations/{reservation_id}", status_code=204)
@@ -189,10 +197,16 @@ async def release_reservation(
     reservation_id: str,
     request: Request,
     principal: Annotated[Principal, requires("inventory:reserve")],
-) -> None:
+    idempotency_key: IdempotencyKey = None,
+) -> FastJSONResponse:
     await _check_owner(request, principal, reservation_id)
     _, clock = state_of(request)
-    await in_transaction(request, lambda conn: service.release(conn, clock, _uuid(reservation_id)))
+
+    async def work(conn: asyncpg.Connection) -> tuple[int, Any]:
+        await service.release(conn, clock, _uuid(reservation_id))
+        return 204, None
+
+    return await run_once_if_keyed(request, principal, idempotency_key, None, work)
 
 
 @router.post("/reservations/{reservation_id}/commit")
@@ -200,13 +214,16 @@ async def commit_reservation(
     reservation_id: str,
     body: Commitment,
     request: Request,
-    _auth: Annotated[Principal, requires("inventory:allocate")],
-) -> dict[str, Any]:
+    principal: Annotated[Principal, requires("inventory:allocate")],
+    idempotency_key: IdempotencyKey = None,
+) -> FastJSONResponse:
     _, clock = state_of(request)
-    allocations = await in_transaction(
-        request, lambda conn: fulfilment.commit(conn, clock, _uuid(reservation_id), body.order_id)
-    )
-    return {"order_id": body.order_id, "allocations": allocations}
+
+    async def work(conn: asyncpg.Connection) -> tuple[int, Any]:
+        allocations = await fulfilment.commit(conn, clock, _uuid(reservation_id), body.order_id)
+        return 200, {"order_id": body.order_id, "allocations": allocations}
+
+    return await run_once_if_keyed(request, principal, idempotency_key, body, work)
 
 
 @router.post("/orders/{order_id}/allocations/{allocation_id}/ship")
@@ -215,14 +232,16 @@ async def ship_allocation(
     allocation_id: str,
     body: Shipment,
     request: Request,
-    _auth: Annotated[Principal, requires("inventory:fulfil")],
-) -> dict[str, str]:
+    principal: Annotated[Principal, requires("inventory:fulfil")],
+    idempotency_key: IdempotencyKey = None,
+) -> FastJSONResponse:
     _, clock = state_of(request)
-    await in_transaction(
-        request,
-        lambda conn: fulfilment.ship(conn, clock, order_id, _uuid(allocation_id), body.shipment_id),
-    )
-    return {"order_id": order_id, "allocation_id": allocation_id, "status": "shipped"}
+
+    async def work(conn: asyncpg.Connection) -> tuple[int, Any]:
+        await fulfilment.ship(conn, clock, order_id, _uuid(allocation_id), body.shipment_id)
+        return 200, {"order_id": order_id, "allocation_id": allocation_id, "status": "shipped"}
+
+    return await run_once_if_keyed(request, principal, idempotency_key, body, work)
 
 
 @router.post("/orders/{order_id}/cancel")
@@ -230,13 +249,16 @@ async def cancel_order_allocations(
     order_id: str,
     body: Cancellation,
     request: Request,
-    _auth: Annotated[Principal, requires("inventory:allocate")],
-) -> dict[str, Any]:
+    principal: Annotated[Principal, requires("inventory:allocate")],
+    idempotency_key: IdempotencyKey = None,
+) -> FastJSONResponse:
     _, clock = state_of(request)
-    released = await in_transaction(
-        request, lambda conn: fulfilment.cancel_allocations(conn, clock, order_id, body.reason)
-    )
-    return {"order_id": order_id, "released": released}
+
+    async def work(conn: asyncpg.Connection) -> tuple[int, Any]:
+        released = await fulfilment.cancel_allocations(conn, clock, order_id, body.reason)
+        return 200, {"order_id": order_id, "released": released}
+
+    return await run_once_if_keyed(request, principal, idempotency_key, body, work)
 
 
 @router.post("/returns", status_code=201)
