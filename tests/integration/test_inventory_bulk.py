@@ -8,7 +8,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -521,3 +521,82 @@ def test_the_cli_writes_a_sample_and_streams_it_to_the_server(
     )
     assert refused.exit_code == 2
     assert "HTTP 401" in refused.output
+    # The same file as of an hour ago: nothing moved the items since, except this very import,
+    # which counted them after that moment: every one of them is stale.
+    hour_ago = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    result = runner.invoke(
+        inventory_cli, ["import", str(sample), "--url", base_url, "--as-of", hour_ago]
+    )
+    assert result.exit_code == 1, result.output
+    assert f": 0 applied, {3000 - len(expected):,} unchanged, {len(expected):,} counted again " in (
+        " ".join(result.output.split())
+    )
+    assert asyncio.run(stored()) == expected
+
+
+async def test_a_snapshot_as_of_a_past_moment_keeps_what_moved_since(
+    inventory: Inventory,
+) -> None:
+    write = inventory.token("inventory:write")
+
+    async def count(sku: str, on_hand: int, sequence: int) -> None:
+        response = await inventory.client.put(
+            f"/v1/stock/wh-1/{sku}",
+            json={"on_hand": on_hand, "source": "till", "sequence": sequence},
+            headers=write,
+        )
+        assert response.json()["status"] == "applied", response.text
+
+    async def sell(sku: str, units: int) -> None:
+        response = await inventory.client.post(
+            f"/v1/stock/wh-1/{sku}/adjustments",
+            json={"quantity": -units, "reason": "store_sale"},
+            headers={**write, "Idempotency-Key": f"sale-{sku}"},
+        )
+        assert response.status_code == 201, response.text
+
+    async def bulk(as_of: str) -> httpx.Response:
+        return await inventory.client.post(
+            "/v1/stock/bulk",
+            params={"source": "wms", "as_of": as_of},
+            content=csv_body("A-1,wh-1,8", "A-2,wh-1,9", "A-3,wh-1,2", "A-4,wh-1,5"),
+            headers={**write, "Content-Type": CSV},
+        )
+
+    for sku, on_hand in (("A-1", 10), ("A-2", 10), ("A-3", 4)):
+        await count(sku, on_hand, 1)
+    inventory.clock.advance(timedelta(minutes=5))
+    as_of = inventory.clock.now()  # the WMS counts now; its file arrives an hour later
+    inventory.clock.advance(timedelta(minutes=5))
+    await sell("A-1", 3)
+    await count("A-2", 7, 2)  # counted again after the snapshot: the later count stands
+    await sell("A-3", 3)
+    inventory.clock.advance(timedelta(hours=1))
+
+    first = await bulk(as_of.isoformat())
+    assert first.status_code == 200, first.text
+    report = first.json()
+    assert (report["applied"], report["stale"], report["rejected"]) == (2, 1, 1), report
+    assert "short" in errors_by_line(report)[4]  # 2 counted, 3 sold since
+    stock = await inventory.stock()
+    # two went missing before the count, and the three sold after it stay sold.
+    assert stock[("A-1", "wh-1")] == 5
+    assert stock[("A-2", "wh-1")] == 7
+    assert stock[("A-3", "wh-1")] == 1
+    assert stock[("A-4", "wh-1")] == 5
+    await assert_ledger_sums_to_on_hand(inventory.pool)
+
+    again = (await bulk(as_of.isoformat())).json()
+    assert (again["applied"], again["stale"], again["rejected"]) == (0, 3, 1), again
+    assert await inventory.stock() == stock
+
+    movements = await inventory.pool.fetchval("SELECT count(*) FROM stock_movements")
+    for bad, message in (
+        ((inventory.clock.now() + timedelta(minutes=1)).isoformat(), "is in the future"),
+        ("2026-03-02T09:00:00", "needs a UTC offset (e.g. 2026-03-02T03:00:00Z)"),
+    ):
+        refused = await bulk(bad)
+        assert refused.status_code == 422
+        assert refused.json()["errors"] == [{"field": "query.as_of", "message": message}]
+    assert await inventory.pool.fetchval("SELECT count(*) FROM stock_movements") == movements
+    assert await inventory.stock() == stock

@@ -8,6 +8,13 @@ its location goes through ``service.count_stock`` instead, in a transaction of i
 releases holds and reports the shortage. A crash loses at most the chunk in flight; importing
 the same snapshot again changes nothing, since the rows are absolute.
 
+A snapshot is a count at one moment, and it reaches us later (a WMS exports at night, the file
+travels): stock kept moving meanwhile. Given that moment (``as_of``), each row is taken as the
+count then, and what moved the item since (sales, receipts, shipments) is applied on top of it
+rather than lost; a row whose item was counted again after ``as_of`` (an absolute count, another
+import) is ``stale`` and changes nothing, and one that what left since would take below zero is
+rejected. Without ``as_of`` a snapshot is a count as of its import.
+
 Memory stays flat whatever the file's size: one chunk of rows is held at a time, and the
 (sku, location) pairs already seen, which catch a pair repeated within the file, live in the
 database (``imports.SeenKeys``).
@@ -15,11 +22,13 @@ database (``imports.SeenKeys``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
@@ -34,17 +43,22 @@ from omnistock.platform.imports import MAX_ERRORS, Format
 
 CHUNK_ROWS = 5_000  # and at most imports.MAX_CHUNK_KEYS SKUs, for their locks
 COUNT_SOURCE_PREFIX = "import:"
+# Movements that set a figure rather than move units: after a snapshot's moment, they know better.
+COUNTS = [MovementReason.COUNT.value, MovementReason.IMPORT.value]
 
 
 @dataclass(slots=True, kw_only=True)
 class ImportReport(imports.ImportReport):
-    """What an import did. ``rows`` = ``applied`` + ``unchanged`` + ``rejected``; ``shortages``
-    counts the applied rows that were below the units held and released holds to fit."""
+    """What an import did. ``rows`` = ``applied`` + ``unchanged`` + ``stale`` + ``rejected``;
+    ``shortages`` counts the applied rows that were below the units held and released holds to
+    fit; ``stale`` the rows of items counted again after the snapshot's ``as_of``."""
 
     import_id: str
     source: str
+    as_of: str | None = None
     applied: int = 0
     unchanged: int = 0
+    stale: int = 0
     shortages: int = 0
 
 
@@ -55,15 +69,22 @@ async def import_snapshot(
     fmt: Format,
     source: str,
     *,
+    as_of: datetime | None = None,
     chunk_rows: int = CHUNK_ROWS,
     max_errors: int = MAX_ERRORS,
 ) -> ImportReport:
-    """Apply a full snapshot given as its physical lines (terminators allowed). Raises
-    ``imports.ImportRefused``, before anything is applied, when the file cannot be read."""
+    """Apply a full snapshot given as its physical lines (terminators allowed), counted at
+    ``as_of`` (aware; by default now). Raises ``imports.ImportRefused``, before anything is
+    applied, when the file cannot be read."""
     started = time.perf_counter()
-    report = ImportReport(import_id=uuid.uuid4().hex, source=source, max_errors=max_errors)
+    report = ImportReport(
+        import_id=uuid.uuid4().hex,
+        source=source,
+        as_of=as_of.isoformat() if as_of is not None else None,
+        max_errors=max_errors,
+    )
     async with pool.acquire() as conn, imports.SeenKeys(conn) as seen:
-        job = _Job(conn, clock, report, seen)
+        job = _Job(conn, clock, report, seen, as_of)
         locations = frozenset(
             r["location_id"] for r in await conn.fetch("SELECT location_id FROM locations")
         )
@@ -78,10 +99,21 @@ async def import_snapshot(
 
 
 @dataclass(frozen=True, slots=True)
+class Since:
+    """What happened to an item after a snapshot's ``as_of``: units moved by deltas, and
+    whether it was counted again."""
+
+    moved: int
+    recounted: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ChunkPlan:
     changes: list[Change]
     shortages: list[SnapshotRow]
     unchanged: int
+    stale: list[SnapshotRow] = dataclasses.field(default_factory=list)
+    below_zero: list[tuple[SnapshotRow, int]] = dataclasses.field(default_factory=list)
 
 
 def plan_chunk(
@@ -89,13 +121,26 @@ def plan_chunk(
     levels: dict[tuple[str, str], StockLevel],
     source: str,
     reference: str,
+    since: dict[tuple[str, str], Since] | None = None,
 ) -> ChunkPlan:
-    """The movement that takes each item to its counted figure; an item counted below what is
-    held at its location is left for a count, which releases holds."""
+    """The movement that takes each item to its counted figure (with ``since``: the count plus
+    what moved after it); an item counted below what is held at its location is left for a
+    count, which releases holds."""
     changes: list[Change] = []
     shortages: list[SnapshotRow] = []
+    stale: list[SnapshotRow] = []
+    below_zero: list[tuple[SnapshotRow, int]] = []
     unchanged = 0
-    for row in rows:
+    for counted in rows:
+        row = counted
+        if since is not None and (later := since.get(row.item)) is not None:
+            if later.recounted:
+                stale.append(row)
+                continue
+            if row.on_hand + later.moved < 0:
+                below_zero.append((row, later.moved))
+                continue
+            row = dataclasses.replace(row, on_hand=row.on_hand + later.moved)
         level = levels.get(row.item, StockLevel(row.sku, row.location_id))
         if row.on_hand == level.on_hand:
             unchanged += 1
@@ -112,7 +157,7 @@ def plan_chunk(
                     reference=reference,
                 )
             )
-    return ChunkPlan(changes, shortages, unchanged)
+    return ChunkPlan(changes, shortages, unchanged, stale, below_zero)
 
 
 class _Job:
@@ -125,8 +170,10 @@ class _Job:
         clock: Clock,
         report: ImportReport,
         seen: imports.SeenKeys,
+        as_of: datetime | None = None,
     ) -> None:
         self.conn, self.clock, self.report, self.seen = conn, clock, report, seen
+        self.as_of = as_of
         self.count_source = COUNT_SOURCE_PREFIX + report.source
         self._sequence: int | None = None
 
@@ -139,11 +186,37 @@ class _Job:
             levels = await repository.levels(
                 self.conn, sorted({r.sku for r in rows}), sorted({r.location_id for r in rows})
             )
-            plan = plan_chunk(rows, levels, self.report.source, self.report.import_id)
+            since = await self._since(rows) if self.as_of is not None else None
+            plan = plan_chunk(rows, levels, self.report.source, self.report.import_id, since)
             await commit_changes(self.conn, self.clock, plan.changes)
         self.report.applied += len(plan.changes)
         self.report.unchanged += plan.unchanged
+        self.report.stale += len(plan.stale)
+        for row, moved in plan.below_zero:
+            self.report.reject(
+                row.line,
+                f"on_hand {row.on_hand} as of the snapshot, but {-moved} units left "
+                f"{row.location_id} since: the count is short",
+            )
         return plan.shortages
+
+    async def _since(self, rows: Sequence[SnapshotRow]) -> dict[tuple[str, str], Since]:
+        """What moved the rows' items after ``as_of``, read under their SKU locks."""
+        found = await self.conn.fetch(
+            """SELECT m.sku, m.location_id,
+                      coalesce(sum(m.quantity) FILTER (WHERE m.reason <> ALL($4::text[])), 0)
+                          AS moved,
+                      bool_or(m.reason = ANY($4::text[])) AS recounted
+               FROM unnest($1::text[], $2::text[]) AS w(sku, location_id)
+               JOIN stock_movements m USING (sku, location_id)
+               WHERE m.occurred_at > $3
+               GROUP BY 1, 2""",
+            [r.sku for r in rows],
+            [r.location_id for r in rows],
+            self.as_of,
+            COUNTS,
+        )
+        return {(r["sku"], r["location_id"]): Since(r["moved"], r["recounted"]) for r in found}
 
     async def apply_shortages(self, rows: list[SnapshotRow]) -> None:
         """Each as an absolute count in its own transaction: holds are released, newest first,

@@ -40,6 +40,14 @@ def import_snapshot(
         str | None,
         typer.Option(help="a bearer token with inventory:write; by default a local one"),
     ] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of",
+            help="when the snapshot was counted (ISO 8601 with offset): what moved since is "
+            "kept on top of it; by default it counts as of now",
+        ),
+    ] = None,
 ) -> None:
     """Stream a full stock snapshot to POST /v1/stock/bulk and print what it did. Exits 1 when
     rows were rejected, 2 when the import did not run."""
@@ -50,7 +58,10 @@ def import_snapshot(
         f"{url.rstrip('/')}/v1/stock/bulk",
         media_type=import_client.MEDIA_TYPES[format_of(file, fmt)],
         token=token or mint_token(get_settings(), "omnistock-cli", ["inventory:write"]),
-        params={"source": source or file.name[:100]},
+        params={
+            "source": source or file.name[:100],
+            **({"as_of": as_of} if as_of is not None else {}),
+        },
     )
     print_report(report)
     if report["rejected"]:
@@ -58,9 +69,10 @@ def import_snapshot(
 
 
 def print_report(report: dict[str, Any]) -> None:
+    stale = f"{report['stale']:,} counted again since, " if report.get("as_of") else ""
     import_client.print_summary(
         report,
-        f"{report['applied']:,} applied, {report['unchanged']:,} unchanged, "
+        f"{report['applied']:,} applied, {report['unchanged']:,} unchanged, {stale}"
         f"{report['rejected']:,} rejected; {report['shortages']:,} below held stock "
         "(holds released)",
     )

@@ -3,6 +3,7 @@ is applied, so neither side holds the whole file."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 import structlog
@@ -13,6 +14,7 @@ from omnistock.inventory import bulk
 from omnistock.platform import imports
 from omnistock.platform.auth import Principal, requires
 from omnistock.platform.imports import uploads
+from omnistock.platform.problems import field_problem
 
 log = structlog.get_logger(__name__)
 
@@ -20,14 +22,17 @@ router = APIRouter(prefix="/v1", tags=["inventory"])
 
 
 class ImportReportBody(BaseModel):
-    """``rows`` = ``applied`` + ``unchanged`` + ``rejected``; ``errors`` holds the first ones
-    by line, ``errors_truncated`` says whether there were more."""
+    """``rows`` = ``applied`` + ``unchanged`` + ``stale`` + ``rejected``; ``stale``: items
+    counted again after ``as_of``, left as they are; ``errors`` holds the first ones by line,
+    ``errors_truncated`` says whether there were more."""
 
     import_id: str
     source: str
+    as_of: datetime | None
     rows: int
     applied: int
     unchanged: int
+    stale: int
     rejected: int
     shortages: int
     seconds: float
@@ -53,14 +58,27 @@ async def import_snapshot(
     source: Annotated[
         str, Query(min_length=1, max_length=100, description="the system the snapshot is from")
     ],
+    as_of: Annotated[
+        datetime | None,
+        Query(
+            description="when the snapshot was counted, with its offset: what moved each item "
+            "since is kept on top of the count, and an item counted again since is left alone "
+            "(stale). By default the snapshot is a count as of now."
+        ),
+    ] = None,
 ) -> dict[str, Any]:
     """Apply a full stock snapshot. Bad rows are reported with their line numbers and not
     applied; the good ones are. Re-sending the same snapshot changes nothing."""
     fmt = uploads.format_of(request.headers.get("content-type"))
     runtime, clock = request.app.state.runtime, request.app.state.clock
+    if as_of is not None:
+        if as_of.utcoffset() is None:
+            raise field_problem("query.as_of", "needs a UTC offset (e.g. 2026-03-02T03:00:00Z)")
+        if as_of > clock.now():
+            raise field_problem("query.as_of", "is in the future")
     lines = imports.split_lines(request.stream())
     with uploads.as_problems("snapshot", source=source, client=principal.subject):
-        report = await bulk.import_snapshot(runtime.pool, clock, lines, fmt, source)
+        report = await bulk.import_snapshot(runtime.pool, clock, lines, fmt, source, as_of=as_of)
     summary = report.as_dict()
     log.info(
         "snapshot imported",
