@@ -29,6 +29,21 @@ def test_customer_tokens_act_only_for_their_own_customer() -> None:
     assert staff.may_act_for("cust-2", staff_scope="orders:admin")
 
 
+def test_a_customer_lists_only_its_own_and_staff_must_name_whose() -> None:
+    customer = Principal("cust-1", frozenset({"customer"}), time.time() + 60)
+    assert customer.customer_to_list(None, "orders:read", "orders") == "cust-1"
+    assert customer.customer_to_list("cust-1", "orders:read", "orders") == "cust-1"
+    with pytest.raises(Problem) as other:
+        customer.customer_to_list("cust-2", "orders:read", "orders")
+    assert other.value.status == 403
+    assert other.value.errors == [{"field": "query.customer_id", "message": "not yours"}]
+    staff = Principal("agent", frozenset({"orders:read"}), time.time() + 60)
+    assert staff.customer_to_list("cust-2", "orders:read", "orders") == "cust-2"
+    with pytest.raises(Problem) as unnamed:
+        staff.customer_to_list(None, "orders:read", "orders")
+    assert (unnamed.value.status, unnamed.value.errors[0]["field"]) == (422, "query.customer_id")
+
+
 @pytest.mark.parametrize(
     "claims",
     [

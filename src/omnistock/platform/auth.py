@@ -21,7 +21,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from omnistock.platform.problems import Problem
+from omnistock.platform.problems import Problem, field_problem
 from omnistock.platform.settings import Settings
 
 CUSTOMER_SCOPE = "customer"
@@ -46,6 +46,24 @@ class Principal:
         if staff_scope in self.scopes:
             return True
         return self.is_customer and self.subject == customer_id
+
+    def customer_to_list(self, asked: str | None, staff_scope: str, what: str) -> str:
+        """Whose ``what`` a listing shows: staff and services (``staff_scope``) name the
+        customer in ``query.customer_id``; a customer gets its own, named or not, and another
+        customer's is a 403 naming the field."""
+        if staff_scope in self.scopes:
+            if asked is None:
+                raise field_problem("query.customer_id", "required")
+            return asked
+        if asked in (None, self.subject):
+            return self.subject
+        raise Problem(
+            403,
+            "Forbidden",
+            f"a customer sees only its own {what}",
+            type_="forbidden",
+            errors=[{"field": "query.customer_id", "message": "not yours"}],
+        )
 
 
 class TokenVerifier:

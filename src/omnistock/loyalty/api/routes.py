@@ -188,20 +188,7 @@ async def members_of_customer(
 ) -> FastJSONResponse:
     """A customer's accounts, one per brand group and market (a customer: its own, and
     ``customer_id`` may be left out)."""
-    if READ in principal.scopes:
-        if customer_id is None:
-            raise field_problem("query.customer_id", "required")
-        wanted = customer_id
-    elif customer_id in (None, principal.subject):
-        wanted = principal.subject
-    else:
-        raise Problem(
-            403,
-            "Forbidden",
-            "a customer sees only its own accounts",
-            type_="forbidden",
-            errors=[{"field": "query.customer_id", "message": "not yours"}],
-        )
+    wanted = principal.customer_to_list(customer_id, READ, "accounts")
     state = State(request)
     async with state.runtime.pool.acquire() as conn:
         rows = await repository.members_of_customer(conn, wanted)

@@ -228,20 +228,7 @@ async def list_orders(
 ) -> FastJSONResponse:
     """A customer's orders, newest first (a customer: only its own, ``customer_id`` may be
     left out)."""
-    if READ in principal.scopes:
-        if customer_id is None:
-            raise field_problem("query.customer_id", "required")
-        wanted = customer_id
-    elif customer_id in (None, principal.subject):
-        wanted = principal.subject
-    else:
-        raise Problem(
-            403,
-            "Forbidden",
-            "a customer sees only its own orders",
-            type_="forbidden",
-            errors=[{"field": "query.customer_id", "message": "not yours"}],
-        )
+    wanted = principal.customer_to_list(customer_id, READ, "orders")
     state = State(request)
     async with state.runtime.pool.acquire() as conn:
         found = await service.orders_of(conn, wanted, limit)
