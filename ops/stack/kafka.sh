@@ -124,7 +124,7 @@ kafka_wait_ready() {
             show_log_tail "$KAFKA_OUT" "$KAFKA_LOG"
             die "kafka: the broker exited during startup"
         fi
-        if tail -c "+$((log_offset + 1))" "$KAFKA_LOG" 2>/dev/null | grep -q 'Kafka Server started' &&
+        if log_has_since "$KAFKA_LOG" "$log_offset" 'Kafka Server started' &&
             timeout 20 java -Xmx128m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -cp "$KAFKA_LIBS/*" \
                 org.apache.kafka.tools.BrokerApiVersionsCommand \
                 --bootstrap-server "127.0.0.1:$KAFKA_PORT" >/dev/null 2>&1; then
