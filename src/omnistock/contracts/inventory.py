@@ -23,11 +23,13 @@ RESERVATIONS = TopicSpec(
 )
 ALLOCATIONS = TopicSpec(
     "omnistock.inventory.allocations.v1",
-    description="Order lines assigned to locations, shipped or released; keyed by order id.",
+    description="Order lines assigned to locations, shipped or released; keyed by order id, "
+    "`aggregateversion` one more for each of the order's events.",
 )
 SHORTAGES = TopicSpec(
     "omnistock.inventory.shortages.v1",
-    description="Counted stock fell below what was held; keyed `sku@location`.",
+    description="Counted stock fell below what was held; keyed `sku@location`, versioned as "
+    "the count's movement in `stock-movements`.",
 )
 TOPICS = [AVAILABILITY, MOVEMENTS, RESERVATIONS, ALLOCATIONS, SHORTAGES]
 

@@ -32,6 +32,31 @@ async def locked_reservation(
     return row, lines
 
 
+async def next_versions(conn: asyncpg.Connection, order_ids: Sequence[str]) -> list[int]:
+    """The allocation version of each of ``order_ids``' next events, in order (an order named
+    twice gets two): one more per event. The order's row stays locked to the transaction, so
+    the versions follow the commit order of the events."""
+    wanted: dict[str, int] = {}
+    for order_id in order_ids:
+        wanted[order_id] = wanted.get(order_id, 0) + 1
+    if not wanted:
+        return []
+    rows = await conn.fetch(
+        """INSERT INTO allocation_versions AS v (order_id, version)
+           SELECT * FROM unnest($1::text[], $2::bigint[]) ORDER BY 1
+           ON CONFLICT (order_id) DO UPDATE SET version = v.version + EXCLUDED.version
+           RETURNING order_id, version""",
+        list(wanted),
+        list(wanted.values()),
+    )
+    following = {r["order_id"]: r["version"] - wanted[r["order_id"]] for r in rows}
+    versions: list[int] = []
+    for order_id in order_ids:
+        following[order_id] += 1
+        versions.append(following[order_id])
+    return versions
+
+
 async def release_allocations(
     conn: asyncpg.Connection,
     allocation_ids: Sequence[str],
@@ -49,12 +74,13 @@ async def release_allocations(
         reason,
         clock.now(),
     )
-    for row in rows:
+    versions = await next_versions(conn, [row["order_id"] for row in rows])
+    for row, version in zip(rows, versions, strict=True):
         messages.append(
             OutboxMessage(
                 events.AllocationReleased(row["order_id"], row["id"], reason),
                 aggregate_id=row["order_id"],
-                aggregate_version=0,
+                aggregate_version=version,
             )
         )
     return [Change(r["sku"], r["location_id"], allocated=-r["quantity"]) for r in rows]
@@ -107,7 +133,7 @@ async def commit(
             OutboxMessage(
                 events.StockAllocated(order_id, row["channel_id"], allocations),
                 aggregate_id=order_id,
-                aggregate_version=1,
+                aggregate_version=(await next_versions(conn, [order_id]))[0],
             ),
         ],
     )
@@ -165,7 +191,7 @@ async def ship(
             OutboxMessage(
                 events.AllocationShipped(order_id, allocation_id, shipment_id),
                 aggregate_id=order_id,
-                aggregate_version=0,
+                aggregate_version=(await next_versions(conn, [order_id]))[0],
             )
         ],
     )

@@ -194,19 +194,13 @@ async def count_stock(
                WHERE allocation_id = ANY($1::uuid[])""",
             list(outcome.released_allocations),
         )
-        extra.append(
-            OutboxMessage(
-                events.StockShortage(
-                    sku,
-                    location_id,
-                    on_hand,
-                    list(outcome.released_reservations),
-                    list(outcome.released_allocations),
-                    list(orders),
-                ),
-                aggregate_id=f"{sku}@{location_id}",
-                aggregate_version=sequence,
-            )
+        shortage = events.StockShortage(
+            sku,
+            location_id,
+            on_hand,
+            list(outcome.released_reservations),
+            list(outcome.released_allocations),
+            list(orders),
         )
     if outcome.delta:
         changes.append(
@@ -219,7 +213,15 @@ async def count_stock(
                 reference=str(sequence),
             )
         )
-    await commit_changes(conn, clock, changes, extra)
+    movements = await commit_changes(conn, clock, changes, extra)
+    if outcome.shortage:
+        # Versioned as the count's movement, as the item's stock-moved events are: a count's
+        # sequence is its source's, and another source's counts run on numbers of their own.
+        (count,) = [m for m in movements if (m.sku, m.location_id) == (sku, location_id)]
+        shortage_event = OutboxMessage(
+            shortage, aggregate_id=f"{sku}@{location_id}", aggregate_version=count.movement_id
+        )
+        await add_to_outbox(conn, SOURCE, [shortage_event], clock)
     return CountResult("applied", sequence, on_hand)
 
 
