@@ -515,3 +515,22 @@ async def test_a_snapshot_as_of_a_past_moment_keeps_what_moved_since(
         assert refused.json()["errors"] == [{"field": "query.as_of", "message": message}]
     assert await inventory.pool.fetchval("SELECT count(*) FROM stock_movements") == movements
     assert await inventory.stock() == stock
+
+
+async def test_a_large_import_leaves_the_planner_statistics_of_what_it_filled(
+    inventory: Inventory,
+) -> None:
+    async def counted_rows() -> float:
+        tuples: float = await inventory.pool.fetchval(
+            """SELECT reltuples FROM pg_class
+               WHERE relname = 'stock' AND relnamespace = current_schema()::regnamespace"""
+        )
+        return tuples
+
+    assert await counted_rows() < 0  # never analyzed: the planner would guess
+    report = await inventory.imported(csv_body(*(f"P-{n},wh-1,{n + 1}" for n in range(300))))
+    assert report["applied"] == 300
+    assert await counted_rows() == 300
+    # A few rows more change a tenth of nothing: no new ANALYZE for them.
+    await inventory.imported(csv_body("P-1,wh-1,99", "Q-1,wh-1,1"))
+    assert await counted_rows() == 300

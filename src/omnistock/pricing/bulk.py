@@ -103,6 +103,7 @@ async def import_prices(
                 rows, report, max_rows=chunk_rows, lock_key=lambda row: row.sku
             ):
                 await job.apply_chunk(chunk)
+        await imports.refresh_statistics(conn, ["base_prices"], report.applied)
     report.finish(started)
     return report
 

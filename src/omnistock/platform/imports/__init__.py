@@ -24,6 +24,8 @@ from typing import Any, Literal, Protocol, TypeVar
 import asyncpg
 import orjson
 
+from omnistock.platform import db
+
 Format = Literal["csv", "jsonl"]
 
 MAX_LINE_BYTES = 4_096
@@ -344,3 +346,20 @@ class SeenKeys:
         for record in found:
             repeats.append((first.pop(record["key"]), record["earlier"]))
         return list(first.values()), repeats
+
+
+async def refresh_statistics(conn: asyncpg.Connection, tables: Sequence[str], changed: int) -> None:
+    """After a bulk load: ANALYZE ``tables`` when ``changed`` rows are a tenth of one of them or
+    more (or it was never analyzed). Autovacuum would, a minute or more later; until then the
+    planner takes a freshly filled table for a small one and scans it whole on every write
+    (an availability refresh over 10,000 stock rows: 1.1 ms instead of 0.2)."""
+    if not changed:
+        return
+    known = await conn.fetch(
+        """SELECT c.relname, c.reltuples FROM pg_class c
+           WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY($1::text[])""",
+        list(tables),
+    )
+    stale = [r["relname"] for r in known if r["reltuples"] < 0 or changed * 10 >= r["reltuples"]]
+    if stale:
+        await conn.execute(f"ANALYZE {', '.join(db.checked_identifier(t) for t in stale)}")
