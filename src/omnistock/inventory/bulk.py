@@ -94,6 +94,7 @@ async def import_snapshot(
         ):
             shortages = await job.apply_chunk(chunk)
             await job.apply_shortages(shortages)
+        await imports.refresh_statistics(conn, ["stock", "availability"], report.applied)
     report.finish(started)
     return report
 
@@ -203,14 +204,18 @@ class _Job:
     async def _since(self, rows: Sequence[SnapshotRow]) -> dict[tuple[str, str], Since]:
         """What moved the rows' items after ``as_of``, read under their SKU locks."""
         found = await self.conn.fetch(
-            """SELECT m.sku, m.location_id,
-                      coalesce(sum(m.quantity) FILTER (WHERE m.reason <> ALL($4::text[])), 0)
-                          AS moved,
-                      bool_or(m.reason = ANY($4::text[])) AS recounted
-               FROM unnest($1::text[], $2::text[]) AS w(sku, location_id)
-               JOIN stock_movements m USING (sku, location_id)
-               WHERE m.occurred_at > $3
-               GROUP BY 1, 2""",
+            # One probe of the ledger per item (an aggregate in LATERAL is never folded into a
+            # join): the ledger is the largest table there is, never to be hashed whole.
+            """SELECT w.sku, w.location_id, m.moved, m.recounted
+               FROM unnest($1::text[], $2::text[]) AS w(sku, location_id),
+               LATERAL (
+                   SELECT count(*) AS n,
+                          coalesce(sum(quantity) FILTER (WHERE reason <> ALL($4::text[])), 0)
+                              AS moved,
+                          coalesce(bool_or(reason = ANY($4::text[])), false) AS recounted
+                   FROM stock_movements
+                   WHERE sku = w.sku AND location_id = w.location_id AND occurred_at > $3) m
+               WHERE m.n > 0""",
             [r.sku for r in rows],
             [r.location_id for r in rows],
             self.as_of,

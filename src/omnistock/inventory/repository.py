@@ -194,7 +194,13 @@ _FIGURES = """
         FROM affected a
         JOIN channels c ON c.channel_id = a.channel_id
         LEFT JOIN sourcing_rules r ON r.channel_id = a.channel_id
-        LEFT JOIN stock s ON s.sku = a.sku AND s.location_id = r.location_id
+        -- A probe by key for each row (LIMIT keeps the planner from folding it into a join):
+        -- autovacuum never gathers statistics for tables as small as channels and sourcing
+        -- rules, the planner then expects hundreds of rows here and hashes the whole stock
+        -- table instead, on every change of stock (seen: a seq scan of it per commit).
+        LEFT JOIN LATERAL (
+            SELECT st.on_hand, st.reserved, st.allocated FROM stock st
+            WHERE st.sku = a.sku AND st.location_id = r.location_id LIMIT 1) s ON true
         GROUP BY a.channel_id, a.sku, c.availability_cap)
     INSERT INTO availability AS v (channel_id, sku, available, version)
     SELECT channel_id, sku, available, 1 FROM figures
