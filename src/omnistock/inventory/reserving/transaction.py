@@ -251,8 +251,8 @@ async def reserve_many(
     stored meanwhile by another transaction raises ``asyncpg.UniqueViolationError``."""
     if not commands:
         return []
-    # Both statements are written to be indifferent to the plan (rows probed one by one by
-    # key, arrays unnested): planning them afresh for each batch, as PostgreSQL chose to, cost
+    # The read probes rows one by one by key and the write joins on primary keys: one plan
+    # serves every batch. Planning them afresh for each batch, as PostgreSQL chose to, cost
     # more than running them for the small batches of ordinary traffic (a 1-line batch: 1.7 ms
     # planned each time, 1.2 ms with the plans kept).
     await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
