@@ -108,8 +108,17 @@ async def stored_answer(
     pool: asyncpg.Pool | asyncpg.Connection, principal: str, key: str, fingerprint: str
 ) -> StoredAnswer | None:
     """The answer stored under (principal, key); raises if the key was used for another request."""
-    found = await stored_answers(pool, [(principal, key, fingerprint)])
-    answer = found.get((principal, key))
+    # By primary key, not through ``stored_answers``: its join over arrays was planned afresh
+    # on every call (twice an order), which cost more than the lookup itself.
+    row = await pool.fetchrow(
+        """SELECT request_hash, status_code, response_body FROM idempotency_keys
+           WHERE principal = $1 AND idempotency_key = $2""",
+        principal,
+        key,
+    )
+    if row is None:
+        return None
+    answer = answer_of(fingerprint, row["request_hash"], row["status_code"], row["response_body"])
     if isinstance(answer, Problem):
         raise answer
     return answer
