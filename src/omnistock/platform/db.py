@@ -70,6 +70,14 @@ async def connect(dsn: str, schema: str) -> asyncpg.Connection:
     return conn
 
 
+async def keep_plans(conn: asyncpg.Connection) -> None:
+    """For the rest of the transaction, statements run on their cached generic plan instead
+    of being planned afresh for their parameters. For statements that join on keys over
+    unnested arrays PostgreSQL tends to plan every call anew, and the planning then costs more
+    than the run: call this first in such a transaction."""
+    await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+
+
 T = TypeVar("T")
 
 
