@@ -501,13 +501,19 @@ async def test_a_snapshot_as_of_a_past_moment_keeps_what_moved_since(
     assert stock[("A-4", "wh-1")] == 5
     await assert_ledger_sums_to_on_hand(inventory.pool)
 
+    # Again: the import's own movements count as of the snapshot, so nothing is stale but A-2.
     again = (await bulk(as_of.isoformat())).json()
-    assert (again["applied"], again["stale"], again["rejected"]) == (0, 3, 1), again
+    assert (again["applied"], again["unchanged"], again["stale"], again["rejected"]) == (
+        0,
+        2,
+        1,
+        1,
+    ), again
     assert await inventory.stock() == stock
 
     movements = await inventory.pool.fetchval("SELECT count(*) FROM stock_movements")
     for bad, message in (
-        ((inventory.clock.now() + timedelta(minutes=1)).isoformat(), "is in the future"),
+        ((inventory.clock.now() + timedelta(minutes=5)).isoformat(), "is in the future"),
         ("2026-03-02T09:00:00", "needs a UTC offset (e.g. 2026-03-02T03:00:00Z)"),
     ):
         refused = await bulk(bad)
@@ -515,6 +521,10 @@ async def test_a_snapshot_as_of_a_past_moment_keeps_what_moved_since(
         assert refused.json()["errors"] == [{"field": "query.as_of", "message": message}]
     assert await inventory.pool.fetchval("SELECT count(*) FROM stock_movements") == movements
     assert await inventory.stock() == stock
+    # A sender's clock a little ahead of ours: taken as now.
+    skewed = await bulk((inventory.clock.now() + timedelta(seconds=30)).isoformat())
+    assert skewed.status_code == 200, skewed.text
+    assert datetime.fromisoformat(skewed.json()["as_of"]) == inventory.clock.now()
 
 
 async def test_a_large_import_leaves_the_planner_statistics_of_what_it_filled(
@@ -534,3 +544,81 @@ async def test_a_large_import_leaves_the_planner_statistics_of_what_it_filled(
     # A few rows more change a tenth of nothing: no new ANALYZE for them.
     await inventory.imported(csv_body("P-1,wh-1,99", "Q-1,wh-1,1"))
     assert await counted_rows() == 300
+
+
+async def test_snapshots_count_as_of_when_they_were_taken_not_when_they_arrived(
+    inventory: Inventory,
+) -> None:
+    write = inventory.token("inventory:write")
+
+    async def bulk(as_of: datetime, on_hand: int) -> dict[str, Any]:
+        response = await inventory.client.post(
+            "/v1/stock/bulk",
+            params={"source": "wms", "as_of": as_of.isoformat()},
+            content=csv_body(f"B-1,wh-1,{on_hand}"),
+            headers={**write, "Content-Type": CSV},
+        )
+        assert response.status_code == 200, response.text
+        report: dict[str, Any] = response.json()
+        return report
+
+    early = inventory.clock.now()
+    inventory.clock.advance(timedelta(hours=2))
+    later = inventory.clock.now()
+    inventory.clock.advance(timedelta(hours=4))
+    # The early snapshot arrives first, the later one after it: the later count stands.
+    assert (await bulk(early, 10))["applied"] == 1
+    inventory.clock.advance(timedelta(minutes=5))
+    assert (await bulk(later, 7))["applied"] == 1
+    assert (await inventory.stock())[("B-1", "wh-1")] == 7
+    # The early one sent again, after the later one: counted before it, so stale.
+    inventory.clock.advance(timedelta(minutes=5))
+    assert (await bulk(early, 10))["stale"] == 1
+    assert (await inventory.stock())[("B-1", "wh-1")] == 7
+    await assert_ledger_sums_to_on_hand(inventory.pool)
+
+
+async def test_a_snapshot_as_of_a_past_moment_below_held_stock_keeps_what_moved_since(
+    inventory: Inventory,
+) -> None:
+    write = inventory.token("inventory:write")
+    counted = await inventory.client.put(
+        "/v1/stock/wh-1/H-1",
+        json={"on_hand": 10, "source": "till", "sequence": 1},
+        headers=write,
+    )
+    assert counted.json()["status"] == "applied"
+    reserved = await inventory.client.post(
+        "/v1/reservations",
+        json={"channel_id": "brand-pl", "lines": [{"sku": "H-1", "quantity": 6}]},
+        headers={**inventory.token("inventory:reserve"), "Idempotency-Key": "hold-h1"},
+    )
+    assert reserved.status_code == 201, reserved.text
+    inventory.clock.advance(timedelta(minutes=5))
+    as_of = inventory.clock.now()
+    inventory.clock.advance(timedelta(minutes=5))
+    sold = await inventory.client.post(
+        "/v1/stock/wh-1/H-1/adjustments",
+        json={"quantity": -2, "reason": "store_sale"},
+        headers={**write, "Idempotency-Key": "sale-h1"},
+    )
+    assert sold.status_code == 201, sold.text
+    # Counted 5 then, 2 sold since: 3 left, below the 6 held.
+    response = await inventory.client.post(
+        "/v1/stock/bulk",
+        params={"source": "wms", "as_of": as_of.isoformat()},
+        content=csv_body("H-1,wh-1,5"),
+        headers={**write, "Content-Type": CSV},
+    )
+    report = response.json()
+    assert (report["applied"], report["shortages"], report["rejected"]) == (1, 1, 0), report
+    level = await inventory.pool.fetchrow(
+        "SELECT on_hand, reserved FROM stock WHERE sku = 'H-1' AND location_id = 'wh-1'"
+    )
+    assert (level["on_hand"], level["reserved"]) == (3, 0)
+    count = await inventory.pool.fetchrow(
+        "SELECT counted_at FROM stock_movements WHERE sku = 'H-1' AND reason = 'count' "
+        "AND source LIKE 'import:%'"
+    )
+    assert count["counted_at"] == as_of
+    await assert_ledger_sums_to_on_hand(inventory.pool)

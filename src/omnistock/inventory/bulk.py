@@ -11,9 +11,11 @@ the same snapshot again changes nothing, since the rows are absolute.
 A snapshot is a count at one moment, and it reaches us later (a WMS exports at night, the file
 travels): stock kept moving meanwhile. Given that moment (``as_of``), each row is taken as the
 count then, and what moved the item since (sales, receipts, shipments) is applied on top of it
-rather than lost; a row whose item was counted again after ``as_of`` (an absolute count, another
-import) is ``stale`` and changes nothing, and one that what left since would take below zero is
-rejected. Without ``as_of`` a snapshot is a count as of its import.
+rather than lost; a row whose item was counted again after ``as_of`` (an absolute count, a
+snapshot counted later, whenever it was imported) is ``stale`` and changes nothing, and one
+that what left since would take below zero is rejected. The movements an import writes carry
+its ``as_of`` as the moment they count at. Without ``as_of`` a snapshot is a count as of its
+import.
 
 Memory stays flat whatever the file's size: one chunk of rows is held at a time, and the
 (sku, location) pairs already seen, which catch a pair repeated within the file, live in the
@@ -123,10 +125,12 @@ def plan_chunk(
     source: str,
     reference: str,
     since: dict[tuple[str, str], Since] | None = None,
+    counted_at: datetime | None = None,
 ) -> ChunkPlan:
     """The movement that takes each item to its counted figure (with ``since``: the count plus
     what moved after it); an item counted below what is held at its location is left for a
-    count, which releases holds."""
+    count, which releases holds (its row as counted: the count works out what moved since under
+    locks of its own)."""
     changes: list[Change] = []
     shortages: list[SnapshotRow] = []
     stale: list[SnapshotRow] = []
@@ -146,7 +150,7 @@ def plan_chunk(
         if row.on_hand == level.on_hand:
             unchanged += 1
         elif row.on_hand < level.held:
-            shortages.append(row)
+            shortages.append(counted)
         else:
             changes.append(
                 Change(
@@ -156,6 +160,7 @@ def plan_chunk(
                     movement_reason=MovementReason.IMPORT.value,
                     source=source,
                     reference=reference,
+                    counted_at=counted_at,
                 )
             )
     return ChunkPlan(changes, shortages, unchanged, stale, below_zero)
@@ -187,32 +192,36 @@ class _Job:
             levels = await repository.levels(
                 self.conn, sorted({r.sku for r in rows}), sorted({r.location_id for r in rows})
             )
-            since = await self._since(rows) if self.as_of is not None else None
-            plan = plan_chunk(rows, levels, self.report.source, self.report.import_id, since)
+            since = await self._since(self.conn, rows) if self.as_of is not None else None
+            plan = plan_chunk(
+                rows, levels, self.report.source, self.report.import_id, since, self.as_of
+            )
             await commit_changes(self.conn, self.clock, plan.changes)
         self.report.applied += len(plan.changes)
         self.report.unchanged += plan.unchanged
         self.report.stale += len(plan.stale)
         for row, moved in plan.below_zero:
-            self.report.reject(
-                row.line,
-                f"on_hand {row.on_hand} as of the snapshot, but {-moved} units left "
-                f"{row.location_id} since: the count is short",
-            )
+            self.report.reject(row.line, _short_message(row, moved))
         return plan.shortages
 
-    async def _since(self, rows: Sequence[SnapshotRow]) -> dict[tuple[str, str], Since]:
+    async def _since(
+        self, conn: asyncpg.Connection, rows: Sequence[SnapshotRow]
+    ) -> dict[tuple[str, str], Since]:
         """What moved the rows' items after ``as_of``, read under their SKU locks."""
-        found = await self.conn.fetch(
+        found = await conn.fetch(
             # One probe of the ledger per item (an aggregate in LATERAL is never folded into a
-            # join): the ledger is the largest table there is, never to be hashed whole.
+            # join): the ledger is the largest table there is, never to be hashed whole. A
+            # count or snapshot movement counts as of its counted_at (a snapshot imported later
+            # than it was taken), the rest as of when they happened.
             """SELECT w.sku, w.location_id, m.moved, m.recounted
                FROM unnest($1::text[], $2::text[]) AS w(sku, location_id),
                LATERAL (
                    SELECT count(*) AS n,
                           coalesce(sum(quantity) FILTER (WHERE reason <> ALL($4::text[])), 0)
                               AS moved,
-                          coalesce(bool_or(reason = ANY($4::text[])), false) AS recounted
+                          coalesce(bool_or(reason = ANY($4::text[])
+                                           AND coalesce(counted_at, occurred_at) > $3), false)
+                              AS recounted
                    FROM stock_movements
                    WHERE sku = w.sku AND location_id = w.location_id AND occurred_at > $3) m
                WHERE m.n > 0""",
@@ -233,6 +242,12 @@ class _Job:
                 functools.partial(self._count, row, sequence),
                 (repository.LockContention,),
             )
+            if isinstance(result, Since):
+                if result.recounted:
+                    self.report.stale += 1
+                else:
+                    self.report.reject(row.line, _short_message(row, result.moved))
+                continue
             if result.status == "stale":
                 self.report.reject(row.line, "a later import from the same source counted it")
                 continue
@@ -241,7 +256,21 @@ class _Job:
 
     async def _count(
         self, row: SnapshotRow, sequence: int, conn: asyncpg.Connection
-    ) -> service.CountResult:
+    ) -> service.CountResult | Since:
+        """The row as an absolute count. With ``as_of``, what moved the item since is worked
+        out again under the count's own locks (a sale after the chunk stays sold); an item
+        counted again since, or one the moves would take below zero, is left alone: what moved
+        is returned instead."""
+        on_hand = row.on_hand
+        if self.as_of is not None:
+            # The locks the count takes, in its order; it takes them again, which holds.
+            held_with = await repository.skus_held_with(conn, row.sku, row.location_id)
+            await repository.lock_skus(conn, {row.sku} | held_with)
+            later = (await self._since(conn, [row])).get(row.item)
+            if later is not None:
+                if later.recounted or row.on_hand + later.moved < 0:
+                    return later
+                on_hand += later.moved
         return await service.count_stock(
             conn,
             self.clock,
@@ -249,7 +278,8 @@ class _Job:
             sequence=sequence,
             sku=row.sku,
             location_id=row.location_id,
-            on_hand=row.on_hand,
+            on_hand=on_hand,
+            counted_at=self.as_of,
         )
 
     async def _first_occurrences(self, chunk: list[SnapshotRow]) -> list[SnapshotRow]:
@@ -279,3 +309,10 @@ def _item_key(row: SnapshotRow) -> str:
 
 def _repeat_message(row: SnapshotRow, earlier_line: int) -> str:
     return f"sku {row.sku!r} at {row.location_id!r} repeats line {earlier_line}"
+
+
+def _short_message(row: SnapshotRow, moved: int) -> str:
+    return (
+        f"on_hand {row.on_hand} as of the snapshot, but {-moved} units left "
+        f"{row.location_id} since: the count is short"
+    )

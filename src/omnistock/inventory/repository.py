@@ -34,6 +34,7 @@ class Change:
     movement_reason: str | None = None
     source: str | None = None
     reference: str | None = None
+    counted_at: datetime | None = None  # a snapshot's moment, when it is not now
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,10 +157,11 @@ async def apply_changes(
         return []
     ids = await conn.fetch(
         """INSERT INTO stock_movements (sku, location_id, quantity, reason, source, reference,
-                                        occurred_at)
-           SELECT sku, loc, q, r, src, ref, $7
-           FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[])
-                WITH ORDINALITY AS m(sku, loc, q, r, src, ref, n)
+                                        occurred_at, counted_at)
+           SELECT sku, loc, q, r, src, ref, $7, at
+           FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
+                       $8::timestamptz[])
+                WITH ORDINALITY AS m(sku, loc, q, r, src, ref, at, n)
            ORDER BY n
            RETURNING movement_id""",
         [c.sku for c in moved],
@@ -169,6 +171,7 @@ async def apply_changes(
         [c.source for c in moved],
         [c.reference for c in moved],
         occurred_at,
+        [c.counted_at for c in moved],
     )
     return [
         Movement(

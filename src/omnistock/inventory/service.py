@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -141,8 +141,10 @@ async def count_stock(
     sku: str,
     location_id: str,
     on_hand: int,
+    counted_at: datetime | None = None,
 ) -> CountResult:
     """An absolute count from a WMS or till; an older or repeated sequence changes nothing.
+    ``counted_at``: when the count was true, if not now (a snapshot imported later).
 
     A count below what is held releases whole reservations, whose other lines are other SKUs:
     those are locked too, in order, before anything is read (raises LockContention in the rare
@@ -211,6 +213,7 @@ async def count_stock(
                 movement_reason="count",
                 source=source,
                 reference=str(sequence),
+                counted_at=counted_at,
             )
         )
     movements = await commit_changes(conn, clock, changes, extra)

@@ -3,7 +3,7 @@ is applied, so neither side holds the whole file."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import structlog
@@ -19,6 +19,10 @@ from omnistock.platform.problems import field_problem
 log = structlog.get_logger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["inventory"])
+
+CLOCK_SKEW = timedelta(minutes=1)
+"""How far ahead of ours a sender's clock may be: an ``as_of`` up to this far in the future is
+taken as now."""
 
 
 class ImportReportBody(BaseModel):
@@ -74,8 +78,10 @@ async def import_snapshot(
     if as_of is not None:
         if as_of.utcoffset() is None:
             raise field_problem("query.as_of", "needs a UTC offset (e.g. 2026-03-02T03:00:00Z)")
-        if as_of > clock.now():
+        now = clock.now()
+        if as_of > now + CLOCK_SKEW:
             raise field_problem("query.as_of", "is in the future")
+        as_of = min(as_of, now)  # the sender's clock a little ahead of ours
     lines = imports.split_lines(request.stream())
     with uploads.as_problems("snapshot", source=source, client=principal.subject):
         report = await bulk.import_snapshot(runtime.pool, clock, lines, fmt, source, as_of=as_of)
