@@ -114,3 +114,22 @@ async def test_shortages_of_an_item_count_up_whichever_source_counted(
     assert found == [r["movement_id"] for r in counts]
     assert len(found) == 2
     assert found[0] < found[1]
+
+
+async def test_an_order_allocated_before_versions_were_kept_ships_past_its_version_one(
+    inventory: Inventory,
+) -> None:
+    await count(inventory, "S-3", 10, "till", 1)
+    allocations = await allocate(inventory, await reserve(inventory, "r-5", ("S-3", 2)), "o-3")
+    # As an instance still on the code of before: its allocated event went out as version 1
+    # and it kept no version row.
+    await inventory.pool.execute("DELETE FROM allocation_versions WHERE order_id = 'o-3'")
+    shipped = await inventory.client.post(
+        f"/v1/orders/o-3/allocations/{allocations['S-3']}/ship",
+        json={"shipment_id": "parcel-3"},
+        headers=inventory.token("inventory:fulfil"),
+    )
+    assert shipped.status_code == 200, shipped.text
+    assert versions(await inventory.events("allocation-shipped"), "o-3") == [
+        ("allocation-shipped", 2)
+    ]

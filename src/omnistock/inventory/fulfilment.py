@@ -32,10 +32,16 @@ async def locked_reservation(
     return row, lines
 
 
-async def next_versions(conn: asyncpg.Connection, order_ids: Sequence[str]) -> list[int]:
+async def next_versions(
+    conn: asyncpg.Connection, order_ids: Sequence[str], *, allocated_before: bool = True
+) -> list[int]:
     """The allocation version of each of ``order_ids``' next events, in order (an order named
     twice gets two): one more per event. The order's row stays locked to the transaction, so
-    the versions follow the commit order of the events."""
+    the versions follow the commit order of the events.
+
+    ``allocated_before``: the orders had their allocated event already, so one without a row
+    (allocated by an instance still running the code of before migration 0004, which
+    published it as version 1) starts past it."""
     wanted: dict[str, int] = {}
     for order_id in order_ids:
         wanted[order_id] = wanted.get(order_id, 0) + 1
@@ -43,11 +49,12 @@ async def next_versions(conn: asyncpg.Connection, order_ids: Sequence[str]) -> l
         return []
     rows = await conn.fetch(
         """INSERT INTO allocation_versions AS v (order_id, version)
-           SELECT * FROM unnest($1::text[], $2::bigint[]) ORDER BY 1
-           ON CONFLICT (order_id) DO UPDATE SET version = v.version + EXCLUDED.version
+           SELECT o, n + $3 FROM unnest($1::text[], $2::bigint[]) AS w(o, n) ORDER BY 1
+           ON CONFLICT (order_id) DO UPDATE SET version = v.version + EXCLUDED.version - $3
            RETURNING order_id, version""",
         list(wanted),
         list(wanted.values()),
+        1 if allocated_before else 0,
     )
     following = {r["order_id"]: r["version"] - wanted[r["order_id"]] for r in rows}
     versions: list[int] = []
@@ -117,6 +124,7 @@ async def commit(
             for a in allocations
         ],
     )
+    (version_allocated,) = await next_versions(conn, [order_id], allocated_before=False)
     await commit_changes(
         conn,
         clock,
@@ -133,7 +141,7 @@ async def commit(
             OutboxMessage(
                 events.StockAllocated(order_id, row["channel_id"], allocations),
                 aggregate_id=order_id,
-                aggregate_version=(await next_versions(conn, [order_id]))[0],
+                aggregate_version=version_allocated,
             ),
         ],
     )
