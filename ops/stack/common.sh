@@ -58,10 +58,11 @@ pid_is_ours() {
 # Whether FILE has the fixed TEXT past its first OFFSET bytes. Not `tail | grep -q`: under
 # pipefail, grep leaving at the first match makes tail die of SIGPIPE when more log follows the
 # line, and the pipeline reads as "not found" (a broker that logged much after starting, e.g.
-# loading many consumer groups, was waited for until the timeout).
+# loading many consumer groups, was waited for until the timeout). A process substitution's
+# exit status is nobody's.
 log_has_since() {
     local file="$1" offset="$2" text="$3"
-    tail -c "+$((offset + 1))" "$file" 2>/dev/null | grep -F -- "$text" >/dev/null
+    grep -qF -- "$text" < <(tail -c "+$((offset + 1))" "$file" 2>/dev/null)
 }
 
 # First line of a pid file, if that pid is still one of ours.

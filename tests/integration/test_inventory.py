@@ -531,6 +531,8 @@ async def test_writes_safe_to_repeat_take_an_idempotency_key_and_replay_the_firs
     assert again.headers.get("Idempotent-Replayed") == "true"
     assert again.content == b""
     assert (await client.delete(path)).status_code == 409  # without a key: computed afresh
+    empty = await client.delete(path, headers={"Idempotency-Key": ""})
+    assert empty.status_code == 409  # an empty key is no key
 
     # Extend: the repeat does not push the expiry further; the key reused for another TTL is
     # refused and changes nothing.

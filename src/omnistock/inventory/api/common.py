@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from omnistock.platform.problems import Problem
 from omnistock.platform.runtime import ServiceRuntime
 
 router = APIRouter(prefix="/v1", tags=["inventory"])
+RETRIES = 5  # of a write that lost a lock race, as db.transaction_with_retries
 
 
 def state_of(request: Request) -> tuple[ServiceRuntime, Clock]:
@@ -123,12 +125,20 @@ async def run_once_per_key(
     work: Callable[[asyncpg.Connection], Awaitable[tuple[int, Any]]],
 ) -> FastJSONResponse:
     runtime, _ = state_of(request)
-    try:
-        return await idempotency.respond_once(
-            request, runtime.pool, principal.subject, key, body, work
-        )
-    except ANSWERED_AS_PROBLEMS as exc:
-        raise as_problem(exc) from None
+    for attempt in range(1, RETRIES + 1):
+        try:
+            return await idempotency.respond_once(
+                request, runtime.pool, principal.subject, key, body, work
+            )
+        except ANSWERED_AS_PROBLEMS as exc:
+            raise as_problem(exc) from None
+        except (repository.LockContention, asyncpg.DeadlockDetectedError):
+            # Rolled back whole, the key's answer with it: the loser of a lock race tries
+            # again, as a write without a key does (in_transaction).
+            if attempt == RETRIES:
+                raise busy() from None
+            await asyncio.sleep(0.01 * attempt)
+    raise AssertionError("unreachable")
 
 
 async def run_once_if_keyed(
@@ -142,7 +152,7 @@ async def run_once_if_keyed(
     cancel): with an Idempotency-Key, a repeat gets the first answer rather than one computed
     afresh (a second release is then the first's 204, not a 409, and a repeated cancellation
     names the units the first one released); without a key, the write runs as it comes."""
-    if key is not None:
+    if key:  # an empty header is no key
         return await run_once_per_key(request, principal, key, body, work)
     status, answer = await in_transaction(request, work)
     if status == 204:

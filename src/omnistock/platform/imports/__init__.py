@@ -23,8 +23,11 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import asyncpg
 import orjson
+import structlog
 
 from omnistock.platform import db
+
+log = structlog.get_logger(__name__)
 
 Format = Literal["csv", "jsonl"]
 
@@ -361,5 +364,9 @@ async def refresh_statistics(conn: asyncpg.Connection, tables: Sequence[str], ch
         list(tables),
     )
     stale = [r["relname"] for r in known if r["reltuples"] < 0 or changed * 10 >= r["reltuples"]]
-    if stale:
+    if not stale:
+        return
+    try:
         await conn.execute(f"ANALYZE {', '.join(db.checked_identifier(t) for t in stale)}")
+    except asyncpg.PostgresError as exc:  # the import itself is done: autovacuum will get to it
+        log.warning("statistics not refreshed after an import", tables=stale, error=str(exc))
