@@ -11,8 +11,10 @@ customers, paid by card. In one run, each phase ``seconds`` long:
   concurrent clients, the orders reserving their lines themselves (after a short warm-up);
 - ``orders_per_s``: the same, each order against a checkout reservation made beforehand, so
   that placing is what is timed; ``cpu_ms_per_order``: the CPU time each process used in that
-  phase per order placed (the saga confirms orders meanwhile), a figure that the other work on
-  a shared machine inflates far less than it does the rates;
+  phase per order placed (the saga confirms orders meanwhile), the local stack's PostgreSQL
+  and Kafka included when they run on this machine, a figure that the other work on a shared
+  machine inflates far less than it does the rates; ``cores_busy``: how many cores they kept
+  busy in that phase;
 - ``confirm_p50_ms`` / ``confirm_p99_ms``: orders that reserve themselves offered at ``rate``
   per second, from each 201 to its ``confirmed`` event as the bench reads it from Kafka;
 - ``drained_s``: from the end of the load to the last order confirmed or cancelled; ``lost``:
@@ -181,7 +183,15 @@ async def _drive(stack: Stack, options: Options, outcomes: Outcomes) -> dict[str
         "cpu_ms_per_order": {
             name: round((used[name] - before[name]) / max(1, len(checkout.placed)), 2)
             for name in used
+            if name in before
         },
+        # Of the machine's cores, how many those processes kept busy in that phase.
+        "cores_busy": round(
+            sum(used[name] - before[name] for name in used if name in before)
+            / 1000
+            / max(checkout.elapsed_s, 1e-9),
+            2,
+        ),
         "rate_per_s": options.rate,
         "achieved_rate_per_s": round(timed.per_s, 1),
         "confirm_p50_ms": round(percentile(latencies, 0.5), 1),

@@ -20,6 +20,7 @@ import httpx
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from omnistock.bench.common import console, create_topics, delete_topics, drop_schema, fresh_schema
+from omnistock.bench.host import process_cpu_ms, stack_cpu_ms
 from omnistock.contracts import ALL_TOPICS
 from omnistock.orders import consumers
 from omnistock.platform import kafka
@@ -53,19 +54,14 @@ class Stack:
     pids: dict[str, int]
 
     def cpu_ms(self) -> dict[str, float]:
-        """CPU time each service process (and this one, the load) has used so far: a cost per
-        order that the other work on a shared machine inflates far less than it does rates."""
-        used = {name: _cpu_ms(pid) for name, pid in self.pids.items()}
-        return {**used, "load": _cpu_ms(os.getpid())}
+        """CPU time each service process (and this one, the load), and the local stack's
+        PostgreSQL and Kafka when they run here, have used so far: a cost per order that the
+        other work on a shared machine inflates far less than it does rates."""
+        used = {name: process_cpu_ms(pid) for name, pid in self.pids.items()}
+        return {**used, "load": process_cpu_ms(os.getpid()), **stack_cpu_ms()}
 
     def token(self, subject: str, scopes: list[str]) -> dict[str, str]:
         return {"Authorization": f"Bearer {mint_token(self.settings, subject, scopes, 24 * 3600)}"}
-
-
-def _cpu_ms(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime + stime
-    return ticks * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 def _environment(
