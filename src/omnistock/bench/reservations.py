@@ -8,6 +8,8 @@ Four measurements in one run, each 1 line per reservation so the shapes match:
   (batcher, planning, idempotency keys, reservation rows, availability, outbox) driven by
   concurrent in-process clients over the same 10,000 SKUs, and on one flash-sale SKU. HTTP is
   not in this path: the storefront benchmark measures the HTTP stack.
+``spread_cpu_us_per_line``: the CPU time per spread line of the reservation path (this process),
+the relay, and the local stack's PostgreSQL and Kafka when they run on this machine.
 After each phase the database is checked for oversell: no row with reserved + allocated above
 on-hand, and reserved stock equal to the sum of the active reservation lines. A last flash sale
 of 500 units to 2,000 concurrent buyers must grant exactly 500.
@@ -16,6 +18,7 @@ of 500 units to 2,000 concurrent buyers must grant exactly 500.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import shutil
 import subprocess
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from omnistock.bench.common import console, drop_schema, fresh_schema, report
+from omnistock.bench.host import process_cpu_ms, stack_cpu_ms
 from omnistock.inventory import domain, repository, service
 from omnistock.inventory.api.schemas import InventorySettings
 from omnistock.inventory.reserving import OutOfStock, ReservationBatcher, ReserveStock
@@ -62,7 +66,7 @@ def run(*, as_json: bool, seconds: float) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        result = asyncio.run(_run(settings, seconds))
+        result = asyncio.run(_run(settings, seconds, relay.pid))
     finally:
         relay.terminate()
         relay.wait(30)
@@ -70,7 +74,7 @@ def run(*, as_json: bool, seconds: float) -> None:
     report(result, as_json)
 
 
-async def _run(settings: Settings, seconds: float) -> dict[str, Any]:
+async def _run(settings: Settings, seconds: float, relay: int) -> dict[str, Any]:
     pool = await db.create_pool(settings.database_url, SCHEMA, min_size=8, max_size=16)
     try:
         console.print("[bold]pgbench[/bold]: one conditional UPDATE per transaction")
@@ -84,10 +88,12 @@ async def _run(settings: Settings, seconds: float) -> dict[str, Any]:
         batcher.start()
         settle_memory()  # as the service's runtime does once started
         console.print(f"[bold]spread[/bold]: {CLIENTS} clients over {SKUS:,} SKUs")
-        spread = await _drive(batcher, lambda rng: f"SKU-{rng.randrange(SKUS):05d}", seconds)
+        before = _cpu_ms(relay)
+        spread, lines = await _drive(batcher, lambda rng: f"SKU-{rng.randrange(SKUS):05d}", seconds)
+        used = _cpu_ms(relay)
         oversold = await _oversold(pool)
         console.print(f"[bold]hot[/bold]: {CLIENTS} clients on one SKU")
-        hot = await _drive(batcher, lambda _rng: "HOT", seconds)
+        hot, _ = await _drive(batcher, lambda _rng: "HOT", seconds)
         oversold += await _oversold(pool)
         granted = await _flash_sale(batcher, pool)
         oversold += await _oversold(pool) + abs(granted - FLASH_UNITS)
@@ -106,6 +112,13 @@ async def _run(settings: Settings, seconds: float) -> dict[str, Any]:
         "flash_sale_units": FLASH_UNITS,
         "flash_sale_granted": granted,
         "mean_requests_per_transaction": round(requests / max(1, batches), 1),
+        # Where a spread line's CPU goes: this process (the reservation path), the service's
+        # relay, and the local stack's PostgreSQL and Kafka when they run here.
+        "spread_cpu_us_per_line": {
+            name: round((used[name] - before[name]) * 1000 / max(1, lines), 1)
+            for name in used
+            if name in before
+        },
         "oversold": oversold,
     }
 
@@ -181,8 +194,16 @@ async def _network(pool: Any) -> None:
             )
 
 
-async def _drive(batcher: ReservationBatcher, pick_sku: Any, seconds: float) -> float:
-    """Lines reserved per second by CLIENTS concurrent clients for ``seconds``."""
+def _cpu_ms(relay: int) -> dict[str, float]:
+    return {
+        "reserving": process_cpu_ms(os.getpid()),
+        "relay": process_cpu_ms(relay),
+        **stack_cpu_ms(),
+    }
+
+
+async def _drive(batcher: ReservationBatcher, pick_sku: Any, seconds: float) -> tuple[float, int]:
+    """Lines reserved per second by CLIENTS concurrent clients for ``seconds``, and how many."""
     deadline = time.monotonic() + seconds
     granted = 0
     run = uuid.uuid4().hex  # keys unique across phases, without a uuid4 per request
@@ -204,7 +225,7 @@ async def _drive(batcher: ReservationBatcher, pick_sku: Any, seconds: float) -> 
 
     started = time.monotonic()
     await asyncio.gather(*(client(n) for n in range(CLIENTS)))
-    return granted / (time.monotonic() - started)
+    return granted / (time.monotonic() - started), granted
 
 
 async def _flash_sale(batcher: ReservationBatcher, pool: Any) -> int:
