@@ -89,14 +89,28 @@ async def transaction_with_retries(
 ) -> T:
     """``work`` in a transaction, run again after a short pause when it fails with one of
     ``retry_on`` or a deadlock: the loser of a lock race rolls back and tries again."""
-    for attempt in range(1, attempts + 1):
+
+    async def attempt() -> T:
+        async with conn.transaction():
+            return await work(conn)
+
+    return await with_retries(attempt, retry_on, attempts)
+
+
+async def with_retries(
+    attempt: Callable[[], Awaitable[T]],
+    retry_on: tuple[type[BaseException], ...] = (),
+    attempts: int = 5,
+) -> T:
+    """``attempt()`` (a whole transaction), run again after a short pause when it fails with
+    one of ``retry_on`` or a deadlock; the last failure is raised."""
+    for number in range(1, attempts + 1):
         try:
-            async with conn.transaction():
-                return await work(conn)
+            return await attempt()
         except (*retry_on, asyncpg.DeadlockDetectedError):
-            if attempt == attempts:
+            if number == attempts:
                 raise
-            await asyncio.sleep(0.01 * attempt)
+            await asyncio.sleep(0.01 * number)
     raise AssertionError("unreachable")
 
 

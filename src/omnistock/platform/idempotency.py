@@ -182,6 +182,13 @@ async def respond_once(
     )
     answer = await run_once(pool, principal, checked, fingerprint, effect)
     headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
-    if answer.status == 204:
+    return answer_response(answer.status, answer.body, headers)
+
+
+def answer_response(
+    status: int, body: Any, headers: dict[str, str] | None = None
+) -> FastJSONResponse:
+    """A write's answer as sent: JSON, or no body at all for a 204 (not even ``null``)."""
+    if status == 204:
         return NoContent(None, status_code=204, headers=headers)
-    return FastJSONResponse(answer.body, status_code=answer.status, headers=headers)
+    return FastJSONResponse(body, status_code=status, headers=headers)

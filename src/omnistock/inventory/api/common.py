@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,12 +14,11 @@ from omnistock.inventory.reserving import REFUSALS, CustomerIdRequired
 from omnistock.platform import db, idempotency
 from omnistock.platform.auth import Principal
 from omnistock.platform.clock import Clock
-from omnistock.platform.http import FastJSONResponse, NoContent
+from omnistock.platform.http import FastJSONResponse
 from omnistock.platform.problems import Problem
 from omnistock.platform.runtime import ServiceRuntime
 
 router = APIRouter(prefix="/v1", tags=["inventory"])
-RETRIES = 5  # of a write that lost a lock race, as db.transaction_with_retries
 
 
 def state_of(request: Request) -> tuple[ServiceRuntime, Clock]:
@@ -125,20 +123,20 @@ async def run_once_per_key(
     work: Callable[[asyncpg.Connection], Awaitable[tuple[int, Any]]],
 ) -> FastJSONResponse:
     runtime, _ = state_of(request)
-    for attempt in range(1, RETRIES + 1):
-        try:
-            return await idempotency.respond_once(
-                request, runtime.pool, principal.subject, key, body, work
-            )
-        except ANSWERED_AS_PROBLEMS as exc:
-            raise as_problem(exc) from None
-        except (repository.LockContention, asyncpg.DeadlockDetectedError):
-            # Rolled back whole, the key's answer with it: the loser of a lock race tries
-            # again, as a write without a key does (in_transaction).
-            if attempt == RETRIES:
-                raise busy() from None
-            await asyncio.sleep(0.01 * attempt)
-    raise AssertionError("unreachable")
+
+    async def attempt() -> FastJSONResponse:
+        return await idempotency.respond_once(
+            request, runtime.pool, principal.subject, key, body, work
+        )
+
+    try:
+        # Rolled back whole, the key's answer with it: the loser of a lock race tries again,
+        # as a write without a key does (in_transaction).
+        return await db.with_retries(attempt, (repository.LockContention,))
+    except ANSWERED_AS_PROBLEMS as exc:
+        raise as_problem(exc) from None
+    except (repository.LockContention, asyncpg.DeadlockDetectedError):
+        raise busy() from None
 
 
 async def run_once_if_keyed(
@@ -155,6 +153,4 @@ async def run_once_if_keyed(
     if key:  # an empty header is no key
         return await run_once_per_key(request, principal, key, body, work)
     status, answer = await in_transaction(request, work)
-    if status == 204:
-        return NoContent(None, status_code=204)
-    return FastJSONResponse(answer, status_code=status)
+    return idempotency.answer_response(status, answer)
