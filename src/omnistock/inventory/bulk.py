@@ -109,6 +109,13 @@ class Since:
     moved: int
     recounted: bool
 
+    def applied_to(self, counted: int) -> int | None:
+        """The figure counted then, with what moved since; None when a later count stands or
+        what left since would take it below zero."""
+        if self.recounted or counted + self.moved < 0:
+            return None
+        return counted + self.moved
+
 
 @dataclass(frozen=True, slots=True)
 class ChunkPlan:
@@ -139,13 +146,13 @@ def plan_chunk(
     for counted in rows:
         row = counted
         if since is not None and (later := since.get(row.item)) is not None:
-            if later.recounted:
-                stale.append(row)
+            if (on_hand := later.applied_to(row.on_hand)) is None:
+                if later.recounted:
+                    stale.append(row)
+                else:
+                    below_zero.append((row, later.moved))
                 continue
-            if row.on_hand + later.moved < 0:
-                below_zero.append((row, later.moved))
-                continue
-            row = dataclasses.replace(row, on_hand=row.on_hand + later.moved)
+            row = dataclasses.replace(row, on_hand=on_hand)
         level = levels.get(row.item, StockLevel(row.sku, row.location_id))
         if row.on_hand == level.on_hand:
             unchanged += 1
@@ -268,9 +275,9 @@ class _Job:
             await repository.lock_skus(conn, {row.sku} | held_with)
             later = (await self._since(conn, [row])).get(row.item)
             if later is not None:
-                if later.recounted or row.on_hand + later.moved < 0:
+                if (now := later.applied_to(row.on_hand)) is None:
                     return later
-                on_hand += later.moved
+                on_hand = now
         return await service.count_stock(
             conn,
             self.clock,
