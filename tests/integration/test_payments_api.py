@@ -283,6 +283,7 @@ async def test_a_declined_authorization_ends_the_payment_and_frees_the_order(
         ({"currency": "XXX"}, "currency"),
         ({"method": "cash"}, "method"),
         ({"order_id": ""}, "order_id"),
+        ({"authorize": {"payment_method_token": "4111 1111"}}, "authorize.payment_method_token"),
     ],
 )
 async def test_bad_input_names_the_field_and_writes_nothing(
@@ -341,6 +342,69 @@ async def test_a_repeated_request_is_done_once_and_answered_alike(
         assert (await current(client, payment))["captured"] == 2_500
     assert psp.calls["capture"] == 1
     assert psp.captured(payment["payment_id"]) == 2_500
+
+
+async def test_one_request_creates_the_payment_and_asks_for_its_authorization(
+    settings: Settings, clock: ManualClock, schema: str, psp: SimulatedPsp
+) -> None:
+    def body(token: str, method: str = "card") -> dict[str, Any]:
+        return {
+            "order_id": unique("order"),
+            "customer_id": "customer-1",
+            "method": method,
+            "amount": 7_000,
+            "currency": "PLN",
+            "authorize": {"payment_method_token": token},
+        }
+
+    async with payments(settings, clock, schema, psp) as client:
+        card, headers = body("tok_visa"), key()
+        first = await client.post("/v1/payments", json=card, headers=headers)
+        assert first.status_code == 201, first.text
+        paid = first.json()
+        assert (paid["status"], paid["authorized"], paid["authorization"]["outcome"]) == (
+            "authorized",
+            7_000,
+            "succeeded",
+        )
+        again = await client.post("/v1/payments", json=card, headers=headers)
+        assert (again.status_code, again.headers["idempotent-replayed"]) == (201, "true")
+        assert again.json()["payment_id"] == paid["payment_id"]
+        assert again.json()["authorization"] == paid["authorization"]
+        # The same key for the creation alone is another request.
+        alone = {k: v for k, v in card.items() if k != "authorize"}
+        reused = await client.post("/v1/payments", json=alone, headers=headers)
+        assert reused.status_code == 422
+        assert reused.json()["errors"][0]["field"] == "header.Idempotency-Key"
+
+        refused = await client.post(
+            "/v1/payments", json=body("tok_insufficient_funds"), headers=key()
+        )
+        assert refused.status_code == 201, refused.text
+        declined = refused.json()
+        assert (declined["status"], declined["authorization"]["outcome"]) == (
+            "declined",
+            "declined",
+        )
+        assert declined["authorization"]["operations"][0]["reason"] == "insufficient_funds"
+
+        # Decided later by the PSP: the same request again follows it up.
+        later, headers = body("tok_async", "pay_later"), key()
+        asked = await client.post("/v1/payments", json=later, headers=headers)
+        assert asked.status_code == 201, asked.text
+        assert (asked.json()["status"], asked.json()["authorization"]["outcome"]) == (
+            "authorizing",
+            "pending",
+        )
+        psp.decide_pending()
+        followed = await client.post("/v1/payments", json=later, headers=headers)
+        assert (followed.json()["status"], followed.json()["authorization"]["outcome"]) == (
+            "authorized",
+            "succeeded",
+        )
+    # One authorization at the PSP per payment it approved, whatever was asked again.
+    approved = [len(psp.authorizations_of(p["payment_id"])) for p in (paid, declined, asked.json())]
+    assert approved == [1, 0, 1]
 
 
 async def test_a_customer_sees_only_its_own_payments(

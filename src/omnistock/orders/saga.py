@@ -158,44 +158,91 @@ async def release_stock(participants: Participants, order: SagaOrder) -> Outcome
 
 
 async def authorize_payment(participants: Participants, order: SagaOrder) -> Outcome:
+    """One request creates the payment and asks for its authorization. Sent again with the
+    same key, it reports (and drives) what is still pending: asking again is how a pending
+    authorization is followed up."""
     created = await participants.call(
         participants.payments,
         "POST",
         "/v1/payments",
-        body={
-            "order_id": order.order_id,
-            "customer_id": order.customer_id,
-            "method": order.payment_method,
-            "amount": order.total,
-            "currency": order.currency,
-        },
+        body={**payment_body(order), "authorize": _authorize_body(order)},
+        idempotency_key=f"order:{order.order_id}:payment",
+    )
+    if created.status_code == 409 and _has_payment(created):
+        # Created in two requests, by an instance from before the single one.
+        return await _authorize_in_two_requests(participants, order)
+    if created.status_code != 201:
+        if _transient(created):
+            return _failed(created)
+        return Refused(CancelReason.PAYMENT_REFUSED, _problem(created))
+    body: dict[str, Any] = created.json()
+    payment_id = str(body["payment_id"])
+    if "authorization" not in body:
+        # A payments service from before the single request created the payment only.
+        return await _authorize(participants, order, payment_id)
+    return _authorized(payment_id, body["authorization"])
+
+
+def payment_body(order: SagaOrder) -> dict[str, Any]:
+    return {
+        "order_id": order.order_id,
+        "customer_id": order.customer_id,
+        "method": order.payment_method,
+        "amount": order.total,
+        "currency": order.currency,
+    }
+
+
+def _authorize_body(order: SagaOrder) -> dict[str, Any]:
+    return {"payment_method_token": order.payment_token or ""}
+
+
+def _has_payment(response: Answer) -> bool:
+    try:
+        errors = response.json().get("errors") or []
+    except ValueError:
+        return False
+    return any(error.get("field") == "order_id" for error in errors)
+
+
+async def _authorize_in_two_requests(participants: Participants, order: SagaOrder) -> Outcome:
+    created = await participants.call(
+        participants.payments,
+        "POST",
+        "/v1/payments",
+        body=payment_body(order),
         idempotency_key=f"order:{order.order_id}:create-payment",
     )
     if created.status_code != 201:
         if _transient(created):
             return _failed(created)
         return Refused(CancelReason.PAYMENT_REFUSED, _problem(created))
-    payment_id = str(created.json()["payment_id"])
-    # Sent again with the same key, the request reports (and drives) what is still pending:
-    # asking again is how a pending authorization is followed up.
+    return await _authorize(participants, order, str(created.json()["payment_id"]))
+
+
+async def _authorize(participants: Participants, order: SagaOrder, payment_id: str) -> Outcome:
     answer = await participants.call(
         participants.payments,
         "POST",
         f"/v1/payments/{payment_id}/authorize",
-        body={"payment_method_token": order.payment_token or ""},
+        body=_authorize_body(order),
         idempotency_key=f"order:{order.order_id}:authorize-payment",
     )
     if _transient(answer):
         return _failed(answer)
     if answer.status_code not in (200, 202):
         return Refused(CancelReason.PAYMENT_REFUSED, _problem(answer))
-    body: dict[str, Any] = answer.json()
-    outcome = body.get("outcome")
+    return _authorized(payment_id, answer.json())
+
+
+def _authorized(payment_id: str, authorization: dict[str, Any]) -> Outcome:
+    outcome = authorization.get("outcome")
     if outcome == "succeeded":
         return Done({"payment_id": payment_id})
     if outcome == "pending":
         return Pending(f"payment {payment_id}: authorization pending")
-    reasons = [op.get("reason") for op in body.get("operations", []) if op.get("reason")]
+    operations = authorization.get("operations", [])
+    reasons = [op.get("reason") for op in operations if op.get("reason")]
     return Refused(CancelReason.PAYMENT_DECLINED, ", ".join(reasons) or str(outcome))
 
 

@@ -67,7 +67,11 @@ async def create_payment(
     method: Method,
     currency: str,
     amount: int,
-) -> Payment:
+    authorize_with: str | None = None,
+) -> tuple[Payment, list[str]]:
+    """The payment, and with ``authorize_with`` (the PSP's token) its authorization asked
+    for in the same write: the ids of the operations for the caller to send after the commit,
+    as ``start`` returns them."""
     now = clock.now()
     payment = Payment.create(
         payment_id=new_id(),
@@ -78,6 +82,9 @@ async def create_payment(
         amount=amount,
         now=now,
     )
+    operations = []
+    if authorize_with is not None:
+        operations.append(payment.request_authorization(new_id(), authorize_with, now))
     try:
         await repository.insert_payment(conn, payment, now, payment.next_check(timing.lead))
     except asyncpg.UniqueViolationError as exc:
@@ -85,7 +92,16 @@ async def create_payment(
             raise
         raise OrderHasPayment(f"order {order_id!r} already has a payment in play") from None
     await _publish(conn, clock, payment)
-    return payment
+    if operations:
+        await repository.insert_operations(
+            conn,
+            payment.payment_id,
+            operations,
+            now,
+            next_attempt_at=now + timing.retry_after,
+            sent=True,
+        )
+    return payment, [op.operation_id for op in operations]
 
 
 Action = Callable[[Payment, datetime], list[Operation]]

@@ -82,11 +82,16 @@ async def create_payment(
     principal: Annotated[Principal, requires(WRITE)],
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> FastJSONResponse:
-    """Create the payment intent of an order; nothing is asked of the PSP yet."""
+    """Create the payment intent of an order; nothing is asked of the PSP yet. With
+    ``authorize``, its authorization is asked for in the same request, as ``POST
+    /v1/payments/{id}/authorize`` would: the 201 carries the payment as it is then and an
+    ``authorization`` with the outcome (``pending`` until the PSP decides); the same request sent
+    again under the same key drives a pending authorization again."""
     _, clock, _ = state_of(request)
+    token = body.authorize.payment_method_token if body.authorize else None
 
     async def work(conn: asyncpg.Connection) -> tuple[int, Any]:
-        payment = await service.create_payment(
+        payment, operation_ids = await service.create_payment(
             conn,
             clock,
             timing_of(request),
@@ -95,10 +100,19 @@ async def create_payment(
             method=body.method,
             currency=body.currency,
             amount=body.amount,
+            authorize_with=token,
         )
-        return 201, await payment_view(conn, payment.payment_id)
+        if token is None:
+            return 201, await payment_view(conn, payment.payment_id)
+        return 201, {"payment_id": payment.payment_id, "operation_ids": operation_ids}
 
-    return await respond_once(request, principal, idempotency_key, body, work)
+    if token is None:
+        return await respond_once(request, principal, idempotency_key, body, work)
+    answer, headers = await _recorded_then_driven(request, principal, idempotency_key, body, work)
+    authorization = {"outcome": answer["outcome"], "operations": answer["operations"]}
+    return FastJSONResponse(
+        {**answer["payment"], "authorization": authorization}, status_code=201, headers=headers
+    )
 
 
 @router.post("/payments/{payment_id}/authorize")
@@ -291,30 +305,43 @@ async def operate_with(
     payment_id: str,
     start: Callable[[asyncpg.Connection], Awaitable[list[str]]],
 ) -> FastJSONResponse:
+    async def record(conn: asyncpg.Connection) -> tuple[int, Any]:
+        return 202, {"payment_id": payment_id, "operation_ids": await start(conn)}
+
+    answer, headers = await _recorded_then_driven(request, principal, key, body, record)
+    status = 202 if answer["outcome"] in ("pending", "scheduled") else 200
+    return FastJSONResponse(answer, status_code=status, headers=headers)
+
+
+async def _recorded_then_driven(
+    request: Request,
+    principal: Principal,
+    key: str | None,
+    body: BaseModel | None,
+    record: Callable[[asyncpg.Connection], Awaitable[tuple[int, Any]]],
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """``record`` once per Idempotency-Key (its answer names the payment and the operations
+    it recorded), then those operations still pending sent to the PSP: the answer as it then
+    is, and the headers of a replay."""
     runtime, _, driver = state_of(request)
     checked = idempotency.checked_key(key)
     assert checked is not None
     fingerprint = idempotency.request_fingerprint(
         request.method, request.url.path, body.model_dump(mode="json") if body else None
     )
-
-    async def record(conn: asyncpg.Connection) -> tuple[int, Any]:
-        return 202, {"payment_id": payment_id, "operation_ids": await start(conn)}
-
     try:
         stored = await idempotency.run_once(
             runtime.pool, principal.subject, checked, fingerprint, record
         )
     except REFUSALS as exc:
         raise as_problem(exc) from None
+    payment_id: str = stored.body["payment_id"]
     operation_ids: list[str] = stored.body["operation_ids"]
     # A repeated request drives what is still pending again, under the same PSP keys.
     await driver.drive(runtime.pool, operation_ids)
     async with runtime.pool.acquire() as conn:
         answer = await operation_answer(conn, payment_id, operation_ids)
-    status = 202 if answer["outcome"] in ("pending", "scheduled") else 200
-    headers = {"Idempotent-Replayed": "true"} if stored.replayed else {}
-    return FastJSONResponse(answer, status_code=status, headers=headers)
+    return answer, {"Idempotent-Replayed": "true"} if stored.replayed else {}
 
 
 # -- views --

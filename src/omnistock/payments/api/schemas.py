@@ -71,18 +71,21 @@ class PaymentsSettings(BaseSettings):
         )
 
 
+class AuthorizeIn(BaseModel):
+    payment_method_token: str = Field(
+        pattern=r"^[A-Za-z0-9_.:-]{1,200}$",
+        description="the PSP's token for the card or pay-later account; never card numbers",
+    )
+
+
 class PaymentIn(BaseModel):
     order_id: str = Field(pattern=REFERENCE_PATTERN)
     customer_id: str = Field(pattern=REFERENCE_PATTERN)
     method: Method
     amount: Amount
     currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217, e.g. PLN")
-
-
-class AuthorizeIn(BaseModel):
-    payment_method_token: str = Field(
-        pattern=r"^[A-Za-z0-9_.:-]{1,200}$",
-        description="the PSP's token for the card or pay-later account; never card numbers",
+    authorize: AuthorizeIn | None = Field(
+        default=None, description="ask for the authorization in the same request"
     )
 
 
