@@ -17,6 +17,9 @@ customers, paid by card. In one run, each phase ``seconds`` long:
   busy in that phase;
 - ``confirm_p50_ms`` / ``confirm_p99_ms``: orders that reserve themselves offered at ``rate``
   per second, from each 201 to its ``confirmed`` event as the bench reads it from Kafka;
+- ``steady_confirm_p50_ms`` / ``steady_confirm_p99_ms``: the same at ``steady_rate_per_s``,
+  ``STEADY_SHARE`` of the rate the orders reserving themselves reached: the saga's latency
+  when the machine keeps up, as on a deployment sized for its load;
 - ``drained_s``: from the end of the load to the last order confirmed or cancelled; ``lost``:
   orders placed in any phase and neither confirmed nor cancelled ``LOST_AFTER_S`` after the
   load; ``oversold``: stock rows holding more than on hand, stock counters that disagree
@@ -58,6 +61,8 @@ from omnistock.platform.clock import SystemClock
 from omnistock.platform.settings import Settings, get_settings
 
 RATE, CLIENTS, SKUS = 200.0, 32, 2_000
+# The steady phase offers this share of what the orders reserving themselves reached.
+STEADY_SHARE = 0.6
 SETTLE_S = 60.0  # between phases: what is left then only slows the next one down
 # An order neither confirmed nor cancelled this long after the load ended counts as lost: long
 # enough for a saga that fell behind the offered rate on a small machine to catch up.
@@ -156,6 +161,20 @@ async def _drive(stack: Stack, options: Options, outcomes: Outcomes) -> dict[str
         used = stack.cpu_ms()
         await outcomes.settle(SETTLE_S, "saga catching up")
 
+        # The saga's own latency, at a rate this machine keeps up with: what a deployment
+        # sized for its load sees.
+        steady_rate = round(STEADY_SHARE * reserving.per_s, 1)
+        console.print(f"[bold]latency[/bold]: {steady_rate:g} orders/s for {options.seconds:g} s")
+        steady = await open_loop(
+            client,
+            lambda: order_body(rng, options.skus),
+            steady_rate,
+            options.seconds,
+            outcomes,
+            f"{steady_rate:g}/s",
+        )
+        await outcomes.settle(SETTLE_S, "saga catching up")
+
         console.print(f"[bold]latency[/bold]: {options.rate:g} orders/s for {options.seconds:g} s")
         timed = await open_loop(
             client,
@@ -169,8 +188,9 @@ async def _drive(stack: Stack, options: Options, outcomes: Outcomes) -> dict[str
     finally:
         await client.aclose()
     latencies = outcomes.confirm_latencies_ms(timed.placed)
+    steady_latencies = outcomes.confirm_latencies_ms(steady.placed)
     refused: dict[str, int] = {}
-    for tally in (reserving, checkout, timed):
+    for tally in (reserving, checkout, steady, timed):
         for status, count in tally.refused.items():
             refused[str(status)] = refused.get(str(status), 0) + count
     return {
@@ -198,6 +218,10 @@ async def _drive(stack: Stack, options: Options, outcomes: Outcomes) -> dict[str
         "confirm_p99_ms": round(percentile(latencies, 0.99), 1),
         "confirm_samples": len(latencies),
         "latency_orders": "reserving themselves",
+        "steady_rate_per_s": steady_rate,
+        "steady_achieved_rate_per_s": round(steady.per_s, 1),
+        "steady_confirm_p50_ms": round(percentile(steady_latencies, 0.5), 1),
+        "steady_confirm_p99_ms": round(percentile(steady_latencies, 0.99), 1),
         # From the end of the load to the last order confirmed or cancelled.
         "drained_s": round(drained_s, 1),
         "lost_after_s": LOST_AFTER_S,
