@@ -12,7 +12,7 @@ from omnistock.contracts import orders as contract
 from omnistock.orders import SERVICE, domain, repository, saga
 from omnistock.orders.domain import CancelReason, OrderStatus
 from omnistock.platform.clock import Clock
-from omnistock.platform.outbox import OutboxMessage, add_to_outbox
+from omnistock.platform.outbox import OutboxMessage, outbox_rows
 
 
 def message(payload: Any, order_id: str, version: int) -> OutboxMessage:
@@ -36,15 +36,6 @@ async def change_status(
     now = clock.now()
     version = row["version"] + 1
     order_id = row["order_id"]
-    await repository.update_order_with_history(
-        conn,
-        order_id,
-        (version, target.value, current.value, reason, during, now),
-        status=target.value,
-        version=version,
-        updated_at=now,
-        **columns,
-    )
     event = contract.OrderStatusChanged(
         order_id=order_id,
         customer_id=row["customer_id"],
@@ -54,7 +45,16 @@ async def change_status(
         reason=reason,
         step=during,
     )
-    await add_to_outbox(conn, SERVICE, [message(event, order_id, version)], clock)
+    await repository.update_order_with_history(
+        conn,
+        order_id,
+        (version, target.value, current.value, reason, during, now),
+        outbox_rows(SERVICE, [message(event, order_id, version)], clock),
+        status=target.value,
+        version=version,
+        updated_at=now,
+        **columns,
+    )
     return {**dict(row), **columns, "status": target.value, "version": version}
 
 
@@ -75,10 +75,10 @@ async def record_change(
         conn,
         order_id,
         (version, status, status, reason, None, now),
+        outbox_rows(SERVICE, [message(event, order_id, version)], clock),
         version=version,
         updated_at=now,
     )
-    await add_to_outbox(conn, SERVICE, [message(event, order_id, version)], clock)
     return {**dict(row), "version": version}
 
 

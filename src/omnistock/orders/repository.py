@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 
 from omnistock.orders.domain import OrderStatus
+from omnistock.platform.outbox import OutboxRows, insert_rows
 
 ORDER_COLUMNS = """order_id::text AS order_id, customer_id, channel_id, platform, currency, total,
     reservation_id::text AS reservation_id, delivery, payment_method, payment_token,
@@ -20,11 +21,12 @@ ORDER_COLUMNS = """order_id::text AS order_id, customer_id, channel_id, platform
 UNCONFIRMED = [OrderStatus.PLACED, OrderStatus.ALLOCATED, OrderStatus.AUTHORIZED]
 
 
-async def insert_order(conn: asyncpg.Connection, order: dict[str, Any]) -> None:
-    """The order, its lines and its first history row, in one statement (one round trip)."""
+async def insert_order(conn: asyncpg.Connection, order: dict[str, Any], event: OutboxRows) -> None:
+    """The order, its lines, its first history row and its event, in one statement (one round
+    trip)."""
     lines = order["lines"]
     await conn.execute(
-        """WITH placed AS (
+        f"""WITH placed AS (
                INSERT INTO orders (order_id, customer_id, channel_id, platform, currency, total,
                    reservation_id, delivery, payment_method, payment_token, loyalty_points,
                    status, version, step, step_started_at, next_attempt_at, confirm_by,
@@ -36,9 +38,11 @@ async def insert_order(conn: asyncpg.Connection, order: dict[str, Any]) -> None:
                INSERT INTO order_lines (order_id, line_number, sku, quantity, unit_price)
                SELECT $1, number - 1, sku, quantity, unit_price
                FROM unnest($16::text[], $17::integer[], $18::bigint[])
-                    WITH ORDINALITY AS line(sku, quantity, unit_price, number))
-           INSERT INTO order_history (order_id, version, status, changed_at)
-           SELECT order_id, 1, $12, $14 FROM placed""",
+                    WITH ORDINALITY AS line(sku, quantity, unit_price, number)),
+           history AS (
+               INSERT INTO order_history (order_id, version, status, changed_at)
+               SELECT order_id, 1, $12, $14 FROM placed)
+           {insert_rows(19)}""",
         order["order_id"],
         order["customer_id"],
         order["channel_id"],
@@ -57,6 +61,7 @@ async def insert_order(conn: asyncpg.Connection, order: dict[str, Any]) -> None:
         [line["sku"] for line in lines],
         [line["quantity"] for line in lines],
         [line["unit_price"] for line in lines],
+        *event,
     )
 
 
@@ -137,20 +142,24 @@ async def update_order_with_history(
     conn: asyncpg.Connection,
     order_id: str,
     history: tuple[int, str, str | None, str | None, str | None, datetime],
+    event: OutboxRows,
     **columns: Any,
 ) -> None:
-    """``update_order`` and ``add_history`` (version, status, previous status, reason, step,
-    at) in one statement: one round trip to the database instead of two."""
+    """``update_order``, ``add_history`` (version, status, previous status, reason, step, at)
+    and the change's event in one statement: one round trip to the database instead of three."""
     names = list(columns)
-    assignments = ", ".join(f"{name} = ${number}" for number, name in enumerate(names, start=8))
+    assignments = ", ".join(f"{name} = ${number}" for number, name in enumerate(names, start=13))
     await conn.execute(
         f"""WITH changed AS (
-                UPDATE orders SET {assignments} WHERE order_id = $1 RETURNING order_id)
-            INSERT INTO order_history
-                (order_id, version, status, previous_status, reason, step, changed_at)
-            SELECT order_id, $2, $3, $4, $5, $6, $7 FROM changed""",
+                UPDATE orders SET {assignments} WHERE order_id = $1 RETURNING order_id),
+            history AS (
+                INSERT INTO order_history
+                    (order_id, version, status, previous_status, reason, step, changed_at)
+                SELECT order_id, $2, $3, $4, $5, $6, $7 FROM changed)
+            {insert_rows(8)}""",
         uuid.UUID(order_id),
         *history,
+        *event,
         *columns.values(),
     )
 

@@ -20,7 +20,7 @@ from omnistock.orders import SERVICE, domain, lifecycle, repository, saga
 from omnistock.orders.changes import change_status, message, start_compensation
 from omnistock.orders.domain import CancelReason, OrderStatus, RetryPolicy
 from omnistock.platform.clock import Clock
-from omnistock.platform.outbox import add_to_outbox
+from omnistock.platform.outbox import outbox_rows
 
 
 class NotFound(Exception):
@@ -73,7 +73,6 @@ async def placed_order(
         "placed_at": now,
         "confirm_by": now + confirm_within,
     }
-    await repository.insert_order(conn, row)
     event = contract.OrderPlaced(
         order_id=order_id,
         customer_id=order["customer_id"],
@@ -91,7 +90,9 @@ async def placed_order(
         payment_method=order["payment_method"],
         loyalty_points=order["loyalty_points"],
     )
-    await add_to_outbox(conn, SERVICE, [message(event, order_id, 1)], clock)
+    await repository.insert_order(
+        conn, row, outbox_rows(SERVICE, [message(event, order_id, 1)], clock)
+    )
     written = {
         **row,
         "order_id": order_id,

@@ -100,6 +100,17 @@ def outbox_rows(source: str, messages: Sequence[OutboxMessage], clock: Clock) ->
     return rows
 
 
+def insert_rows(first: int) -> str:
+    """The INSERT of ``OutboxRows`` given as the parameters ``$first`` to ``$first + 4``: the
+    last statement of a WITH that writes the change its events tell of, so that the change and
+    its events take one round trip."""
+    ids, topics, keys, payloads, traceparent = range(first, first + 5)
+    return f"""INSERT INTO outbox (event_id, topic, message_key, payload, traceparent)
+           SELECT e, t, k, p, ${traceparent}
+           FROM unnest(${ids}::uuid[], ${topics}::text[], ${keys}::text[], ${payloads}::bytea[])
+                AS u(e, t, k, p)"""
+
+
 async def add_to_outbox(
     conn: asyncpg.Connection, source: str, messages: Sequence[OutboxMessage], clock: Clock
 ) -> list[str]:
@@ -107,12 +118,7 @@ async def add_to_outbox(
     if not messages:
         return []
     rows = outbox_rows(source, messages, clock)
-    await conn.execute(
-        """INSERT INTO outbox (event_id, topic, message_key, payload, traceparent)
-           SELECT e, t, k, p, $5
-           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[]) AS u(e, t, k, p)""",
-        *rows,
-    )
+    await conn.execute(insert_rows(1), *rows)
     return rows.event_ids
 
 

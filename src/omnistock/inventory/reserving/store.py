@@ -16,7 +16,7 @@ import orjson
 from omnistock.inventory.domain import Source, StockLevel
 from omnistock.inventory.repository import SKU_LOCKS, Channel
 from omnistock.platform import idempotency
-from omnistock.platform.outbox import OutboxRows
+from omnistock.platform.outbox import OutboxRows, insert_rows
 from omnistock.platform.problems import Problem
 
 
@@ -141,7 +141,7 @@ class StateMoved(RuntimeError):
 # The lines' foreign key is checked at the end of the statement, when the reservations are in.
 # Each stock row and each figure is written from what was read under the SKU locks, which the
 # transaction still holds: the counts returned say whether every one of them was.
-_WRITE = """
+_WRITE = f"""
     WITH reservation AS (
         INSERT INTO reservations
             (reservation_id, channel_id, client_id, customer_id, status, created_at, expires_at)
@@ -168,10 +168,7 @@ _WRITE = """
             SET available = EXCLUDED.available, version = EXCLUDED.version
             WHERE v.version = EXCLUDED.version - 1
         RETURNING 1),
-    event AS (
-        INSERT INTO outbox (event_id, topic, message_key, payload, traceparent)
-        SELECT e, t, k, p, $26
-        FROM unnest($22::uuid[], $23::text[], $24::text[], $25::bytea[]) AS u(e, t, k, p))
+    event AS ({insert_rows(22)})
     SELECT (SELECT count(*) FROM held) AS held, (SELECT count(*) FROM figure) AS figures"""
 
 
