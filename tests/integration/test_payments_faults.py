@@ -16,6 +16,7 @@ from omnistock.payments import repository
 from omnistock.payments.repository import ConcurrentUpdate
 from omnistock.payments.simulator import Fault, SimulatedPsp, SimulatorSettings
 from omnistock.platform.clock import ManualClock
+from omnistock.platform.outbox import OutboxRows
 from omnistock.platform.settings import Settings
 from tests.integration.conftest import wait_for
 from tests.integration.test_payments_api import (
@@ -249,6 +250,19 @@ async def test_two_writers_of_one_payment_version_conflict(
         version = first.version
         first.request_capture(repository.new_id(), 100, clock.now())
         second.request_capture(repository.new_id(), 900, clock.now())
-        await repository.update_payment(a, first, version, clock.now(), None)
+        none = OutboxRows([], [], [], [], None)
+        await repository.write_payment(
+            a, first, clock.now(), None, [], none, expected_version=version
+        )
+        # Outside a transaction: the refused write must leave its history and event out itself.
+        late = (version + 1, clock.now(), "late", {"amount": 900})
+        event = OutboxRows([repository.new_id()], ["payments"], ["k"], [b"{}"], None)
         with pytest.raises(ConcurrentUpdate):
-            await repository.update_payment(b, second, version, clock.now(), None)
+            await repository.write_payment(
+                b, second, clock.now(), None, [late], event, expected_version=version
+            )
+        assert await a.fetchval("SELECT count(*) FROM payment_history WHERE type = 'late'") == 0
+        assert (
+            await a.fetchval("SELECT count(*) FROM outbox WHERE event_id = $1", event.event_ids[0])
+            == 0
+        )

@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from omnistock.payments.domain import Method, Operation, OperationKind, Payment, Status, Trigger
+from omnistock.platform.outbox import OutboxRows, insert_rows
 
 
 class ConcurrentUpdate(Exception):
@@ -76,44 +77,67 @@ def _payment(row: asyncpg.Record) -> Payment:
     )
 
 
-async def insert_payment(
-    conn: asyncpg.Connection, payment: Payment, now: datetime, next_check: datetime | None
-) -> None:
-    placeholders = ", ".join(f"${n}" for n in range(9, 9 + len(_STATE_FIELDS)))
-    await conn.execute(
-        f"""INSERT INTO payments (payment_id, order_id, customer_id, method, currency, amount,
-               created_at, next_check_at, {_STATE}, updated_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, {placeholders}, $7)""",
-        payment.payment_id,
-        payment.order_id,
-        payment.customer_id,
-        payment.method.value,
-        payment.currency,
-        payment.amount,
-        now,
-        next_check,
-        *_state(payment),
-    )
+History = Sequence[tuple[int, datetime, str, Any]]
+"""A payment's new history entries: (version, occurred at, type, data)."""
 
 
-async def update_payment(
+async def write_payment(
     conn: asyncpg.Connection,
     payment: Payment,
-    expected_version: int,
     now: datetime,
     next_check: datetime | None,
+    history: History,
+    events: OutboxRows,
+    *,
+    expected_version: int | None = None,
 ) -> None:
-    assignments = ", ".join(f"{name} = ${n}" for n, name in enumerate(_STATE_FIELDS, start=5))
-    status = await conn.execute(
-        f"""UPDATE payments SET updated_at = $3, next_check_at = $4, {assignments}
-           WHERE payment_id = $1 AND version = $2""",
+    """The payment row, inserted (no ``expected_version``) or updated from
+    ``expected_version``, with its new history entries and their events: one statement, which
+    writes nothing when the payment is no longer that version."""
+    state = _state(payment)
+    after = 4 + len(state)  # the parameters after the row's state ($4 on)
+    if expected_version is None:
+        placeholders = ", ".join(f"${n}" for n in range(4, after))
+        row = f"""INSERT INTO payments (payment_id, order_id, customer_id, method, currency,
+                      amount, created_at, next_check_at, {_STATE}, updated_at)
+                  VALUES ($1, ${after}, ${after + 1}, ${after + 2}, ${after + 3}, ${after + 4},
+                          $2, $3, {placeholders}, $2)
+                  RETURNING 1"""
+        identity: list[Any] = [
+            payment.order_id,
+            payment.customer_id,
+            payment.method.value,
+            payment.currency,
+            payment.amount,
+        ]
+    else:
+        assignments = ", ".join(f"{name} = ${n}" for n, name in enumerate(_STATE_FIELDS, start=4))
+        row = f"""UPDATE payments SET updated_at = $2, next_check_at = $3, {assignments}
+                  WHERE payment_id = $1 AND version = ${after} RETURNING 1"""
+        identity = [expected_version]
+    entries = after + len(identity)
+    written = await conn.fetchval(
+        f"""WITH written AS ({row}),
+            history AS (
+                INSERT INTO payment_history (payment_id, version, occurred_at, type, data)
+                SELECT $1, v, o, t, d
+                FROM unnest(${entries}::bigint[], ${entries + 1}::timestamptz[],
+                            ${entries + 2}::text[], ${entries + 3}::jsonb[]) AS h(v, o, t, d)
+                WHERE EXISTS (SELECT FROM written)),
+            event AS ({insert_rows(entries + 4, when="EXISTS (SELECT FROM written)")})
+            SELECT count(*) FROM written""",
         payment.payment_id,
-        expected_version,
         now,
         next_check,
-        *_state(payment),
+        *state,
+        *identity,
+        [entry[0] for entry in history],
+        [entry[1] for entry in history],
+        [entry[2] for entry in history],
+        [entry[3] for entry in history],
+        *events,
     )
-    if status != "UPDATE 1":
+    if written != 1:
         raise ConcurrentUpdate(
             f"payment {payment.payment_id} is no longer version {expected_version}"
         )
@@ -143,16 +167,6 @@ async def due_payments(conn: asyncpg.Connection, now: datetime, limit: int) -> l
 async def postpone_check(conn: asyncpg.Connection, payment_id: str, until: datetime) -> None:
     await conn.execute(
         "UPDATE payments SET next_check_at = $2 WHERE payment_id = $1", payment_id, until
-    )
-
-
-async def insert_history(
-    conn: asyncpg.Connection, payment_id: str, entries: Sequence[tuple[int, datetime, str, Any]]
-) -> None:
-    await conn.executemany(
-        """INSERT INTO payment_history (payment_id, version, occurred_at, type, data)
-           VALUES ($1, $2, $3, $4, $5)""",
-        [(payment_id, *entry) for entry in entries],
     )
 
 

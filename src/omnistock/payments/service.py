@@ -30,9 +30,9 @@ from omnistock.payments.domain import (
     Status,
 )
 from omnistock.payments.psp import Decision, PspResult
-from omnistock.payments.repository import OperationStatus, new_id
+from omnistock.payments.repository import OperationRecord, OperationStatus, new_id
 from omnistock.platform.clock import Clock
-from omnistock.platform.outbox import OutboxMessage, add_to_outbox
+from omnistock.platform.outbox import OutboxMessage, outbox_rows
 
 log = structlog.get_logger(__name__)
 
@@ -86,12 +86,11 @@ async def create_payment(
     if authorize_with is not None:
         operations.append(payment.request_authorization(new_id(), authorize_with, now))
     try:
-        await repository.insert_payment(conn, payment, now, payment.next_check(timing.lead))
+        await _save(conn, clock, timing, payment, None)
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name != "payments_one_live_per_order":
             raise
         raise OrderHasPayment(f"order {order_id!r} already has a payment in play") from None
-    await _publish(conn, clock, payment)
     if operations:
         await repository.insert_operations(
             conn,
@@ -156,12 +155,16 @@ async def record_outcome(
     found = await repository.load_operation(conn, operation_id)
     if found is None:
         return False
+    approved = result.decision is Decision.APPROVED
+    if found.status != OperationStatus.PENDING and not _late_approval(found, approved):
+        # Resolved for good (an operation never goes back to pending): most webhooks repeat
+        # what the PSP's answer said already, and need no lock to change nothing.
+        return False
     payment = await _locked(conn, found.payment_id)  # the payment first, then its operation
     record = await repository.load_operation(conn, operation_id, lock=True)
     assert record is not None
-    approved = result.decision is Decision.APPROVED
     if record.status != OperationStatus.PENDING:
-        if record.status == OperationStatus.FAILED and approved and _authorizes(record.operation):
+        if _late_approval(record, approved):
             # An authorization given up on came through after all: let go of it at once.
             await _release(conn, clock.now(), payment.payment_id, result.reference)
         return False
@@ -255,6 +258,11 @@ def _authorizes(operation: Operation) -> bool:
     return operation.kind in (OperationKind.AUTHORIZE, OperationKind.REAUTHORIZE)
 
 
+def _late_approval(record: OperationRecord, approved: bool) -> bool:
+    """An authorization given up on, approved by the PSP after all: it is to be let go of."""
+    return record.status == OperationStatus.FAILED and approved and _authorizes(record.operation)
+
+
 async def _release(
     conn: asyncpg.Connection, now: datetime, payment_id: str, reference: str | None
 ) -> None:
@@ -274,35 +282,33 @@ async def _locked(conn: asyncpg.Connection, payment_id: str) -> Payment:
 
 
 async def _save(
-    conn: asyncpg.Connection, clock: Clock, timing: Timing, payment: Payment, version: int
+    conn: asyncpg.Connection,
+    clock: Clock,
+    timing: Timing,
+    payment: Payment,
+    version: int | None,
 ) -> None:
-    next_check = payment.next_check(timing.lead)
-    await repository.update_payment(conn, payment, version, clock.now(), next_check)
-    await _publish(conn, clock, payment)
-
-
-async def _publish(conn: asyncpg.Connection, clock: Clock, payment: Payment) -> None:
-    """The recorded changes into the history and, as events, into the outbox."""
+    """The payment (new, or updated from ``version``) with its recorded changes, each into the
+    history and, as an event, into the outbox."""
     payloads = [(change, event_of(payment, change)) for change in payment.changes]
-    await repository.insert_history(
+    messages = [
+        OutboxMessage(
+            payload,
+            aggregate_id=payment.payment_id,
+            aggregate_version=change.version,
+            key=payment.order_id,
+            correlation_id=payment.order_id,
+        )
+        for change, payload in payloads
+    ]
+    await repository.write_payment(
         conn,
-        payment.payment_id,
+        payment,
+        clock.now(),
+        payment.next_check(timing.lead),
         [(c.version, c.at, p.TYPE, dataclasses.asdict(p)) for c, p in payloads],
-    )
-    await add_to_outbox(
-        conn,
-        SOURCE,
-        [
-            OutboxMessage(
-                payload,
-                aggregate_id=payment.payment_id,
-                aggregate_version=change.version,
-                key=payment.order_id,
-                correlation_id=payment.order_id,
-            )
-            for change, payload in payloads
-        ],
-        clock,
+        outbox_rows(SOURCE, messages, clock),
+        expected_version=version,
     )
     payment.changes.clear()
 

@@ -100,15 +100,16 @@ def outbox_rows(source: str, messages: Sequence[OutboxMessage], clock: Clock) ->
     return rows
 
 
-def insert_rows(first: int) -> str:
-    """The INSERT of ``OutboxRows`` given as the parameters ``$first`` to ``$first + 4``: the
-    last statement of a WITH that writes the change its events tell of, so that the change and
-    its events take one round trip."""
+def insert_rows(first: int, when: str = "true") -> str:
+    """The INSERT of ``OutboxRows`` given as the parameters ``$first`` to ``$first + 4``, if
+    the condition ``when`` holds: in a WITH that writes the change its events tell of, so that
+    the change and its events take one round trip."""
     ids, topics, keys, payloads, traceparent = range(first, first + 5)
     return f"""INSERT INTO outbox (event_id, topic, message_key, payload, traceparent)
            SELECT e, t, k, p, ${traceparent}
            FROM unnest(${ids}::uuid[], ${topics}::text[], ${keys}::text[], ${payloads}::bytea[])
-                AS u(e, t, k, p)"""
+                AS u(e, t, k, p)
+           WHERE {when}"""
 
 
 async def add_to_outbox(
