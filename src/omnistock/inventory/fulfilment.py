@@ -115,14 +115,18 @@ async def commit(
         events.Allocation(str(uuid.uuid4()), line["sku"], line["location_id"], line["quantity"])
         for line in lines
     ]
-    await conn.executemany(
+    await conn.execute(
         """INSERT INTO allocations (allocation_id, order_id, channel_id, sku, location_id,
                                     quantity, status, created_at, updated_at)
-           VALUES ($1, $2, $3, $4, $5, $6, 'allocated', $7, $7)""",
-        [
-            (a.allocation_id, order_id, row["channel_id"], a.sku, a.location_id, a.quantity, now)
-            for a in allocations
-        ],
+           SELECT a, $1, $2, s, l, q, 'allocated', $3, $3
+           FROM unnest($4::uuid[], $5::text[], $6::text[], $7::int[]) AS x(a, s, l, q)""",
+        order_id,
+        row["channel_id"],
+        now,
+        [a.allocation_id for a in allocations],
+        [a.sku for a in allocations],
+        [a.location_id for a in allocations],
+        [a.quantity for a in allocations],
     )
     (version_allocated,) = await next_versions(conn, [order_id], allocated_before=False)
     await commit_changes(

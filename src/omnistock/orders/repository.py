@@ -234,16 +234,18 @@ async def save_allocations(
     conn: asyncpg.Connection, order_id: str, allocations: list[dict[str, Any]]
 ) -> None:
     """What inventory allocated; a row a shipment event created first keeps its shipment."""
-    await conn.executemany(
+    await conn.execute(
         """INSERT INTO order_allocations (allocation_id, order_id, sku, location_id, quantity)
-           VALUES ($1, $2, $3, $4, $5)
+           SELECT a, $1, s, l, q
+           FROM unnest($2::text[], $3::text[], $4::text[], $5::int[]) AS x(a, s, l, q)
            ON CONFLICT (allocation_id) DO UPDATE
            SET sku = EXCLUDED.sku, location_id = EXCLUDED.location_id,
                quantity = EXCLUDED.quantity""",
-        [
-            (a["allocation_id"], uuid.UUID(order_id), a["sku"], a["location_id"], a["quantity"])
-            for a in allocations
-        ],
+        uuid.UUID(order_id),
+        [a["allocation_id"] for a in allocations],
+        [a["sku"] for a in allocations],
+        [a["location_id"] for a in allocations],
+        [a["quantity"] for a in allocations],
     )
 
 
