@@ -69,6 +69,19 @@ async def in_transaction(
         raise as_problem(exc) from None
 
 
+async def with_connection(
+    request: Request, work: Callable[[asyncpg.Connection], Awaitable[Any]]
+) -> Any:
+    """``work`` on a connection of the pool, with no transaction: for a read of one statement,
+    whose snapshot is its own."""
+    runtime, _ = state_of(request)
+    try:
+        async with runtime.pool.acquire() as conn:
+            return await work(conn)
+    except REFUSALS as exc:
+        raise as_problem(exc) from None
+
+
 async def once_per_key(
     request: Request,
     principal: Principal,
@@ -217,7 +230,7 @@ async def quotes(
     null for a SKU without a price then."""
     _, clock = state_of(request)
     at = body.at or clock.now()
-    currency, found = await in_transaction(
+    currency, found = await with_connection(
         request, lambda conn: service.quotes(conn, channel_id, body.skus, at)
     )
     return FastJSONResponse(
@@ -240,7 +253,7 @@ async def quote(
     """One SKU's price at an instant."""
     _, clock = state_of(request)
     moment = at or clock.now()
-    currency, found = await in_transaction(
+    currency, found = await with_connection(
         request, lambda conn: service.quotes(conn, channel_id, [sku], moment)
     )
     body = quote_body(found[sku], currency)
