@@ -430,6 +430,12 @@ async def test_a_repeated_idempotency_key_returns_the_first_answer_and_places_on
         await service.pool.fetchval("SELECT count(*) FROM orders WHERE customer_id = 'dora'") == 1
     )
     await reaches(service, first.json()["order_id"], "confirmed")
+    # Its reservation is the order's now, no longer one to place an order on: a repeat still
+    # gets the first answer, not that refusal.
+    late = await service.client.post("/v1/orders", json=body, headers=headers)
+    assert late.status_code == 201, late.text
+    assert late.json() == first.json()
+    assert late.headers["Idempotent-Replayed"] == "true"
 
 
 async def test_a_customer_sees_lists_and_cancels_only_its_own_orders(

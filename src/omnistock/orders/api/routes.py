@@ -128,12 +128,13 @@ async def place_order(
 
 async def place(placement: Placement) -> FastJSONResponse:
     state, body = placement.state, placement.body
-    # A repeat gets the first answer, whatever prices have done since.
-    stored = await placement.stored()
-    if stored is None:
-        if body.reservation_id is None:
+    if body.reservation_id is None:
+        # A repeat gets the first answer before it could reserve anything again.
+        stored = await placement.stored()
+        if stored is None:
             stored = await place_reserving(placement)
-        else:
+    else:
+        try:
             await intake.check_prices_and_reservation(
                 state.participants,
                 body,
@@ -141,7 +142,16 @@ async def place(placement: Placement) -> FastJSONResponse:
                 placement.customer_id,
                 state.own.price_tolerance_bp,
             )
+        except Problem:
+            # A repeat gets the first answer, whatever prices and its reservation (now the
+            # order's) have done since; a first request is refused. Looked for only then, as
+            # the write finds a repeat's answer itself: most requests are first ones.
+            if (stored_first := await placement.stored()) is None:
+                raise
+            stored = stored_first
+        else:
             stored = await write_order(placement, body.reservation_id)
+    if not stored.replayed:
         state.worker.wakeup.set()
     headers = {"Idempotent-Replayed": "true"} if stored.replayed else {}
     return FastJSONResponse(stored.body, status_code=stored.status, headers=headers)
