@@ -270,15 +270,18 @@ async def holds_at(
 
 
 async def reservation(conn: asyncpg.Connection, reservation_id: Any, lock: bool = False) -> Any:
+    """The reservation's row and its lines (``sku``, ``location_id``, ``quantity``, in that
+    order), read in one statement; None if there is no such reservation."""
     row = await conn.fetchrow(
-        "SELECT * FROM reservations WHERE reservation_id = $1" + (" FOR UPDATE" if lock else ""),
+        """SELECT r.*, (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                                 'sku', l.sku, 'location_id', l.location_id,
+                                 'quantity', l.quantity) ORDER BY l.sku, l.location_id), '[]')
+                        FROM reservation_lines l WHERE l.reservation_id = r.reservation_id)
+                       AS reserved_lines
+           FROM reservations r WHERE r.reservation_id = $1"""
+        + (" FOR UPDATE OF r" if lock else ""),
         reservation_id,
     )
     if row is None:
         return None
-    lines = await conn.fetch(
-        """SELECT sku, location_id, quantity FROM reservation_lines
-           WHERE reservation_id = $1 ORDER BY sku, location_id""",
-        reservation_id,
-    )
-    return row, lines
+    return row, row["reserved_lines"]

@@ -115,6 +115,19 @@ async def in_transaction(
         raise busy() from None
 
 
+async def with_connection(
+    request: Request, work: Callable[[asyncpg.Connection], Awaitable[Any]]
+) -> Any:
+    """``work`` on a connection of the pool, with no transaction: for a read of one statement,
+    whose snapshot is its own."""
+    runtime, _ = state_of(request)
+    try:
+        async with runtime.pool.acquire() as conn:
+            return await work(conn)
+    except ANSWERED_AS_PROBLEMS as exc:
+        raise as_problem(exc) from None
+
+
 async def run_once_per_key(
     request: Request,
     principal: Principal,

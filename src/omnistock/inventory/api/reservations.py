@@ -17,6 +17,7 @@ from omnistock.inventory.api.common import (
     run_once_if_keyed,
     run_once_per_key,
     state_of,
+    with_connection,
 )
 from omnistock.inventory.api.schemas import (
     Cancellation,
@@ -91,14 +92,10 @@ async def get_reservation(
     request: Request,
     principal: Annotated[Principal, requires("inventory:reserve", "inventory:read")],
 ) -> dict[str, Any]:
-    await _check_owner(request, principal, reservation_id)
-    found = await in_transaction(
+    found = await with_connection(
         request, lambda conn: repository.reservation(conn, _uuid(reservation_id))
     )
-    if found is None:
-        raise Problem(
-            404, "Reservation not found", f"no reservation {reservation_id}", type_="not-found"
-        )
+    _check_owner_of(principal, reservation_id, found[0] if found else None)
     row, lines = found
     return {
         "reservation_id": reservation_id,
@@ -141,6 +138,11 @@ async def _check_owner(request: Request, principal: Principal, reservation_id: s
             _uuid(reservation_id),
         ),
     )
+    _check_owner_of(principal, reservation_id, row)
+
+
+def _check_owner_of(principal: Principal, reservation_id: str, row: Any) -> None:
+    """``_check_owner`` of a reservation read already (None: there is none)."""
     owner = row is not None and (
         STAFF_SCOPE in principal.scopes
         or (ORDERS_SCOPE in principal.scopes and not principal.is_customer)
