@@ -298,7 +298,8 @@ async def test_the_inbox_keeps_what_it_remembered_across_the_group_id_migration(
                SELECT g, gen_random_uuid() FROM unnest(ARRAY['b', 'a', 'b']) AS g"""
         )
         before = await conn.fetch("SELECT consumer_group, event_id FROM inbox")
-        assert await migrate(conn, schema, platform) == ["platform/0003_inbox_group_ids"]
+        upto_3 = [m for m in platform if m.version <= 3]
+        assert await migrate(conn, schema, upto_3) == ["platform/0003_inbox_group_ids"]
         after = await conn.fetch(
             """SELECT g.name AS consumer_group, i.event_id
                FROM inbox i JOIN consumer_groups g USING (group_id)"""

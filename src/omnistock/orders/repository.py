@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from omnistock.orders.domain import OrderStatus
-from omnistock.platform.outbox import OutboxRows, insert_rows
+from omnistock.platform.outbox import OutboxRows, insert_rows, written
 
 ORDER_COLUMNS = """order_id::text AS order_id, customer_id, channel_id, platform, currency, total,
     reservation_id::text AS reservation_id, delivery, payment_method, payment_token,
@@ -63,6 +63,7 @@ async def insert_order(conn: asyncpg.Connection, order: dict[str, Any], event: O
         [line["unit_price"] for line in lines],
         *event,
     )
+    await written(conn)
 
 
 async def add_history(
@@ -162,6 +163,7 @@ async def update_order_with_history(
         *event,
         *columns.values(),
     )
+    await written(conn)
 
 
 async def claim_due(

@@ -17,6 +17,7 @@ import asyncpg
 
 from omnistock.payments.domain import Method, Operation, OperationKind, Payment, Status, Trigger
 from omnistock.platform.outbox import OutboxRows, insert_rows
+from omnistock.platform.outbox import written as outbox_written
 
 
 class ConcurrentUpdate(Exception):
@@ -137,6 +138,7 @@ async def write_payment(
         [entry[3] for entry in history],
         *events,
     )
+    await outbox_written(conn)
     if written != 1:
         raise ConcurrentUpdate(
             f"payment {payment.payment_id} is no longer version {expected_version}"

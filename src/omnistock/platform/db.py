@@ -9,8 +9,58 @@ from typing import Any, TypeVar
 
 import asyncpg
 import orjson
+import structlog
+from asyncpg.transaction import Transaction
+
+log = structlog.get_logger(__name__)
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+AfterCommit = Callable[["Connection"], Awaitable[None]]
+
+
+class Connection(asyncpg.Connection):  # type: ignore[misc]
+    """asyncpg's connection, knowing its schema, with work to do once the transaction under way
+    has committed (what a trigger could only do inside it, holding the transaction open)."""
+
+    schema: str | None = None
+    _after_commit: dict[str, AfterCommit] | None = None
+
+    def transaction(
+        self, *, isolation: str | None = None, readonly: bool = False, deferrable: bool = False
+    ) -> Transaction:
+        return _Transaction(self, isolation, readonly, deferrable)
+
+    def after_commit(self, name: str, work: AfterCommit) -> None:
+        """Run ``work`` once the outermost ``transaction()`` block under way commits (once per
+        ``name``, however often it is asked for); nothing if it rolls back."""
+        if self._after_commit is None:
+            self._after_commit = {}
+        self._after_commit.setdefault(name, work)
+
+    async def _ended(self, committed: bool) -> None:
+        pending, self._after_commit = self._after_commit, None
+        if not committed or not pending:
+            return
+        for name, work in pending.items():
+            try:
+                await work(self)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # Committed already: what is lost is a prompt, which a poll makes up for.
+                log.warning("after-commit work failed", work=name, error=str(exc))
+
+
+class _Transaction(Transaction):  # type: ignore[misc]
+    async def __aexit__(self, extype: Any, ex: Any, tb: Any) -> None:
+        connection: Connection = self._connection
+        outermost = not self._nested
+        committed = False
+        try:
+            await super().__aexit__(extype, ex, tb)
+            committed = extype is None
+        finally:
+            if outermost:
+                await connection._ended(committed)
 
 
 def checked_identifier(name: str) -> str:
@@ -20,7 +70,9 @@ def checked_identifier(name: str) -> str:
     return name
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def _init_connection(conn: asyncpg.Connection, schema: str | None = None) -> None:
+    if isinstance(conn, Connection):
+        conn.schema = schema
     # jsonb columns go in and out as Python objects, encoded by orjson.
     await conn.set_type_codec(
         "jsonb",
@@ -52,21 +104,28 @@ async def create_pool(
     dsn: str, schema: str, *, min_size: int = 2, max_size: int = 20, **kwargs: Any
 ) -> asyncpg.Pool:
     """A pool whose connections see only ``schema`` (then ``public``) by default."""
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await _init_connection(conn, schema)
+
     pool: asyncpg.Pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
-        init=_init_connection,
+        init=init,
         reset=_keep_session,
         server_settings=_session_settings(schema),
+        connection_class=Connection,
         **kwargs,
     )
     return pool
 
 
 async def connect(dsn: str, schema: str) -> asyncpg.Connection:
-    conn: asyncpg.Connection = await asyncpg.connect(dsn, server_settings=_session_settings(schema))
-    await _init_connection(conn)
+    conn: asyncpg.Connection = await asyncpg.connect(
+        dsn, server_settings=_session_settings(schema), connection_class=Connection
+    )
+    await _init_connection(conn, schema)
     return conn
 
 

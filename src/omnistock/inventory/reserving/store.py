@@ -16,7 +16,7 @@ import orjson
 from omnistock.inventory.domain import Source, StockLevel
 from omnistock.inventory.repository import SKU_LOCKS, Channel
 from omnistock.platform import idempotency
-from omnistock.platform.outbox import OutboxRows, insert_rows
+from omnistock.platform.outbox import OutboxRows, insert_rows, written
 from omnistock.platform.problems import Problem
 
 
@@ -185,6 +185,7 @@ async def write(
     counts = await conn.fetchrow(
         _WRITE, now, *reservations, *lines, *answers, *holds, *figures, *events
     )
+    await written(conn)
     if counts["held"] != len(holds.skus) or counts["figures"] != len(figures.skus):
         raise StateMoved(
             f"{counts['held']} of {len(holds.skus)} stock rows and {counts['figures']} of "
