@@ -177,6 +177,7 @@ class OutboxRelay:
         self.lock_key = zlib.crc32(f"omnistock.outbox.{schema}".encode())
         self.published = 0
         self.is_leader = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until ``stop`` is set; reconnects after database or broker failures."""
@@ -203,6 +204,7 @@ class OutboxRelay:
             ):
                 return
             self.is_leader = True
+            self._loop = asyncio.get_running_loop()
             _LEADING[self._schema] = self
             log.info("outbox relay leading", schema=self._schema)
             await conn.add_listener(f"{self._schema}_outbox", self._on_notify)
@@ -219,7 +221,17 @@ class OutboxRelay:
 
     def wake(self) -> None:
         """Rows were committed to the outbox: relay them now rather than at the next poll."""
-        self._wake.set()
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._wake.set()
+        else:  # a writer on another thread's loop
+            loop.call_soon_threadsafe(self._wake.set)
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()
