@@ -59,3 +59,23 @@ def test_the_stack_cpu_counts_a_postmaster_with_its_ended_and_live_children(
         for process in (postmaster, broker):
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def test_the_broker_age_is_that_of_the_stack_broker_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(host, "STACK_DIR", tmp_path)
+    assert host.broker_age_s() is None  # no broker of this stack runs
+    properties = str(tmp_path / "kafka" / "server.properties")
+    broker = _started([sys.executable, "-c", BROKER, "kafka.Kafka", properties])
+    try:
+        assert broker.stdout is not None
+        assert broker.stdout.readline().strip() == "burnt"
+        age = host.broker_age_s()
+        # Started for this test (it burnt 0.2 s of CPU first): young, not as old as the machine.
+        assert age is not None
+        assert 0.2 <= age < 60
+        assert age < host.BROKER_WARM_S
+    finally:
+        os.killpg(broker.pid, signal.SIGKILL)
+        broker.wait()

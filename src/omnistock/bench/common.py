@@ -13,6 +13,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from omnistock.bench import host
 from omnistock.platform import db, kafka
 from omnistock.platform.migrations import migrate, migrations_for
 from omnistock.platform.settings import Settings
@@ -59,6 +60,20 @@ async def drop_schema(settings: Settings, schema: str) -> None:
         await conn.execute(f"DROP SCHEMA IF EXISTS {db.checked_identifier(schema)} CASCADE")
     finally:
         await conn.close()
+
+
+def broker_warmth() -> dict[str, Any]:
+    """How long ago the local stack's broker started (nothing when it does not run here), with
+    a warning while it is young enough for its CPU figures to run high."""
+    age = host.broker_age_s()
+    if age is None:
+        return {}
+    if age < host.BROKER_WARM_S:
+        console.print(
+            f"[yellow]the local Kafka started {age:.0f} s ago: until its JVM has warmed up, "
+            "Kafka's CPU per event runs high (three times as high seen)[/yellow]"
+        )
+    return {"kafka_started_s_ago": round(age)}
 
 
 async def create_topics(settings: Settings, specs: list[kafka.TopicSpec]) -> None:

@@ -24,10 +24,9 @@ def process_cpu_ms(pid: int, *, with_reaped_children: bool = False) -> float:
     return ticks * _TICK_MS
 
 
-def stack_cpu_ms() -> dict[str, float]:
-    """CPU time so far of the local stack's ``postgres`` (the postmaster, the connections' and
-    background processes, those that ended included) and ``kafka`` (the broker); a component
-    not running here from this stack is left out."""
+def _stack_processes() -> tuple[int | None, int | None, dict[int, int]]:
+    """The local stack's postmaster and broker (None when not running here from this stack),
+    and every process's parent."""
     postmaster, broker = None, None
     parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
@@ -44,6 +43,14 @@ def stack_cpu_ms() -> dict[str, float]:
             postmaster = pid
         elif "kafka.Kafka" in command and str(STACK_DIR) in command:
             broker = pid
+    return postmaster, broker, parents
+
+
+def stack_cpu_ms() -> dict[str, float]:
+    """CPU time so far of the local stack's ``postgres`` (the postmaster, the connections' and
+    background processes, those that ended included) and ``kafka`` (the broker); a component
+    not running here from this stack is left out."""
+    postmaster, broker, parents = _stack_processes()
     used: dict[str, float] = {}
     try:
         if postmaster is not None:
@@ -55,3 +62,21 @@ def stack_cpu_ms() -> dict[str, float]:
     except OSError:  # a connection's process ended between the scan and the read
         return stack_cpu_ms()
     return used
+
+
+BROKER_WARM_S = 600.0
+"""A broker younger than this still runs much of its code before the JVM compiled it: the first
+benchmark after ``omnistock stack up`` measured Kafka at three times its CPU per event."""
+
+
+def broker_age_s() -> float | None:
+    """Seconds since the local stack's broker started; None when it does not run here."""
+    _, broker, _ = _stack_processes()
+    if broker is None:
+        return None
+    try:
+        started_ticks = int(Path(f"/proc/{broker}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+    since_boot_s = float(Path("/proc/uptime").read_text().split()[0])
+    return max(0.0, since_boot_s - started_ticks * _TICK_MS / 1000)

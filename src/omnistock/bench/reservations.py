@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from omnistock.bench.common import console, drop_schema, fresh_schema, report
+from omnistock.bench.common import broker_warmth, console, drop_schema, fresh_schema, report
 from omnistock.bench.host import process_cpu_ms, stack_cpu_ms
 from omnistock.inventory import domain, repository, service
 from omnistock.inventory.api.schemas import InventorySettings
@@ -49,6 +49,7 @@ CHANNELS = ("bench-pl", "bench-cz", "bench-sk")
 
 def run(*, as_json: bool, seconds: float) -> None:
     settings = get_settings()
+    warmth = broker_warmth()
     asyncio.run(fresh_schema(settings, SCHEMA, "inventory", "omnistock.inventory"))
     # The service's own relay publishes the events while it works, as in production.
     relay = subprocess.Popen(
@@ -71,7 +72,7 @@ def run(*, as_json: bool, seconds: float) -> None:
         relay.terminate()
         relay.wait(30)
         asyncio.run(drop_schema(settings, SCHEMA))
-    report(result, as_json)
+    report({**result, **warmth}, as_json)
 
 
 async def _run(settings: Settings, seconds: float, relay: int) -> dict[str, Any]:

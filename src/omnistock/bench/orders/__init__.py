@@ -44,7 +44,15 @@ import asyncpg
 import orjson
 from rich.progress import Progress
 
-from omnistock.bench.common import console, drop_schema, fresh_schema, percentile, report, run_id
+from omnistock.bench.common import (
+    broker_warmth,
+    console,
+    drop_schema,
+    fresh_schema,
+    percentile,
+    report,
+    run_id,
+)
 from omnistock.bench.orders.client import LoadClient
 from omnistock.bench.orders.load import (
     LINES,
@@ -92,8 +100,9 @@ def run(
     skus: int | None = None,
 ) -> None:
     options = Options(seconds, rate or RATE, clients or CLIENTS, skus or SKUS)
+    warmth = broker_warmth()
     result = asyncio.run(_run(get_settings(), options))
-    report(result, as_json)
+    report({**result, **warmth}, as_json)
 
 
 async def _run(settings: Settings, options: Options) -> dict[str, Any]:
