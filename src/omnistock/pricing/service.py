@@ -172,10 +172,9 @@ async def schedule_sales(
 ) -> dict[str, str]:
     """One reduced price per SKU within [starts_at, ends_at), times in any timezone, stored in
     UTC; all lines or none. Returns each SKU's sale id."""
-    await currency_of(conn, channel_id)
     skus = [line.sku for line in lines]
     await _lock(conn, channel_id, skus)
-    timelines = await load_timelines(conn, channel_id, skus)
+    _, timelines = await priced(conn, channel_id, skus)  # NotFound without a price list
     start, end = ensure_utc(starts_at), ensure_utc(ends_at)
     ids: dict[str, str] = {}
     for i, line in enumerate(lines):
@@ -296,36 +295,12 @@ async def history(conn: asyncpg.Connection, channel_id: str, sku: str) -> dict[s
     }
 
 
-async def load_timelines(
-    conn: asyncpg.Connection, channel_id: str, skus: Sequence[str]
-) -> dict[str, Timeline]:
-    """The timeline of each SKU (an empty one for a SKU without prices), in two queries."""
-    bases: dict[str, list[BasePrice]] = {sku: [] for sku in skus}
-    sales: dict[str, list[Sale]] = {sku: [] for sku in skus}
-    for row in await conn.fetch(
-        """SELECT sku, valid_from, amount FROM base_prices
-           WHERE channel_id = $1 AND sku = ANY($2::text[])""",
-        channel_id,
-        list(skus),
-    ):
-        bases[row["sku"]].append(BasePrice(row["valid_from"], row["amount"]))
-    for row in await conn.fetch(
-        """SELECT sku, starts_at, ends_at, amount FROM sales
-           WHERE channel_id = $1 AND sku = ANY($2::text[])
-             AND (cancelled_at IS NULL OR cancelled_at > starts_at)""",
-        channel_id,
-        list(skus),
-    ):
-        sales[row["sku"]].append(Sale(row["starts_at"], row["ends_at"], row["amount"]))
-    return {sku: Timeline.of(bases[sku], sales[sku]) for sku in skus}
-
-
 async def priced(
     conn: asyncpg.Connection, channel_id: str, skus: Sequence[str]
 ) -> tuple[str, dict[str, Timeline]]:
-    """The price list's currency and each SKU's timeline, as ``currency_of`` and
-    ``load_timelines`` read them, in one statement: one snapshot, needing no transaction, and
-    one round trip where a quote took five with its BEGIN and COMMIT."""
+    """The price list's currency (NotFound without one) and each SKU's timeline (an empty one
+    for a SKU without prices), in one statement: one snapshot, needing no transaction, and one
+    round trip where a quote took five with its BEGIN and COMMIT."""
     currency: str | None = None
     bases: dict[str, list[BasePrice]] = {sku: [] for sku in skus}
     sales: dict[str, list[Sale]] = {sku: [] for sku in skus}
@@ -351,10 +326,6 @@ async def priced(
     if currency is None:
         raise NotFound("price list", channel_id)
     return currency, {sku: Timeline.of(bases[sku], sales[sku]) for sku in skus}
-
-
-async def load_timeline(conn: asyncpg.Connection, channel_id: str, sku: str) -> Timeline:
-    return (await load_timelines(conn, channel_id, [sku]))[sku]
 
 
 async def refresh(
