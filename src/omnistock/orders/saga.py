@@ -172,9 +172,7 @@ async def authorize_payment(participants: Participants, order: SagaOrder) -> Out
         # Created in two requests, by an instance from before the single one.
         return await _authorize_in_two_requests(participants, order)
     if created.status_code != 201:
-        if _transient(created):
-            return _failed(created)
-        return Refused(CancelReason.PAYMENT_REFUSED, _problem(created))
+        return _not_created(created)
     body: dict[str, Any] = created.json()
     payment_id = str(body["payment_id"])
     if "authorization" not in body:
@@ -197,6 +195,13 @@ def _authorize_body(order: SagaOrder) -> dict[str, Any]:
     return {"payment_method_token": order.payment_token or ""}
 
 
+def _not_created(response: Answer) -> Outcome:
+    """A payment creation answered otherwise than 201: tried again, or refused for good."""
+    if _transient(response):
+        return _failed(response)
+    return Refused(CancelReason.PAYMENT_REFUSED, _problem(response))
+
+
 def _has_payment(response: Answer) -> bool:
     try:
         errors = response.json().get("errors") or []
@@ -214,9 +219,7 @@ async def _authorize_in_two_requests(participants: Participants, order: SagaOrde
         idempotency_key=f"order:{order.order_id}:create-payment",
     )
     if created.status_code != 201:
-        if _transient(created):
-            return _failed(created)
-        return Refused(CancelReason.PAYMENT_REFUSED, _problem(created))
+        return _not_created(created)
     return await _authorize(participants, order, str(created.json()["payment_id"]))
 
 
