@@ -12,7 +12,6 @@ from fastapi import Header, Request
 from omnistock.inventory import fulfilment, repository, service
 from omnistock.inventory.api.common import (
     as_problem,
-    in_transaction,
     router,
     run_once_if_keyed,
     run_once_per_key,
@@ -131,7 +130,7 @@ def _customer_of(principal: Principal, named: str | None) -> str | None:
 async def _check_owner(request: Request, principal: Principal, reservation_id: str) -> None:
     """A reservation is the business of the client that made it, of its customer, of the order
     system and of staff; to anyone else it does not exist (404, so ids cannot be probed)."""
-    row = await in_transaction(
+    row = await with_connection(  # one statement: no transaction to open and close
         request,
         lambda conn: conn.fetchrow(
             "SELECT client_id, customer_id FROM reservations WHERE reservation_id = $1",
