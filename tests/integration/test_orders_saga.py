@@ -9,15 +9,20 @@ import random
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import pytest
 
 from omnistock.orders import saga, service
 from omnistock.orders.domain import TRANSITIONS, CancelReason, OrderStatus, RetryPolicy
+from omnistock.orders.participants import Participants
+from omnistock.orders.settings import OrdersSettings
+from omnistock.orders.worker import SagaWorker
 from omnistock.platform import db
+from omnistock.platform.client import CallFailed
 from omnistock.platform.clock import ManualClock
+from omnistock.platform.ratelimit import ConcurrencyLimit
 from omnistock.platform.settings import Settings
 from tests.integration.conftest import create_service_schema, drop_schema
 
@@ -412,3 +417,64 @@ async def test_any_run_of_outcomes_and_cancels_walks_the_table_one_version_at_a_
     assert (row["status"] == "cancelled") == (row["cancel_reason"] is not None)
     assert row["step"] is None
     assert row["lease_id"] is None
+
+
+class HeldCalls:
+    """Participants whose every call waits until the test lets it go, then fails: the order is
+    tried again later on the test's clock, which stands still."""
+
+    inventory = pricing = payments = loyalty = None
+
+    def __init__(self) -> None:
+        self.arrived: asyncio.Queue[asyncio.Future[None]] = asyncio.Queue()
+        self.under_way = self.most = 0
+
+    async def call(self, *_: Any, **__: Any) -> Any:
+        gate = asyncio.get_running_loop().create_future()
+        self.under_way += 1
+        self.most = max(self.most, self.under_way)
+        await self.arrived.put(gate)
+        try:
+            await gate
+        finally:
+            self.under_way -= 1
+        raise CallFailed("let go by the test")
+
+
+@pytest.mark.parametrize(("placing", "carried"), [(20, 3), (15, 12)])
+async def test_the_saga_carries_fewer_orders_while_checkout_is_busy(
+    pool: asyncpg.Pool, clock: ManualClock, placing: int, carried: int
+) -> None:
+    orders = 12
+    for n in range(orders):
+        await place(pool, clock, customer=f"c-{n}")
+    own = OrdersSettings(
+        saga_in_flight=64, worker_batch_size=20, intake_busy_at=16, saga_in_flight_when_busy=3
+    )
+    intake = ConcurrencyLimit(64)
+    intake.under_way = placing  # orders being placed in this replica right now
+    participants = HeldCalls()
+    worker = SagaWorker(cast(Participants, participants), clock, own, intake=intake)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(pool, stop))
+    held: list[asyncio.Future[None]] = []
+    let_go = 0
+    try:
+        while let_go < orders:
+            held.append(await asyncio.wait_for(participants.arrived.get(), 30))
+            if len(held) < carried and let_go + len(held) < orders:
+                continue
+            # Every order the worker has taken is one whose call is held here.
+            leased = await pool.fetchval("SELECT count(*) FROM orders WHERE lease_id IS NOT NULL")
+            assert leased == len(held)
+            for gate in held:
+                gate.set_result(None)
+            let_go += len(held)
+            held = []
+    finally:
+        stop.set()
+        await running
+    assert participants.most == carried
+    # Each order's first step was tried once and waits for its retry.
+    rows = await pool.fetch("SELECT step, step_attempts FROM orders")
+    assert {(r["step"], r["step_attempts"]) for r in rows} == {("commit_reservation", 1)}

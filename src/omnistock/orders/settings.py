@@ -53,6 +53,12 @@ class OrdersSettings(BaseSettings):
     # a database connection only while it records a step's outcome).
     worker_batch_size: int = Field(default=20, ge=1)
     saga_in_flight: int = Field(default=64, ge=1)
+    # Checkout comes first: while this many orders or more are being placed at once (0: never),
+    # the saga carries at most saga_in_flight_when_busy orders, and the processes they share
+    # (this one, inventory, payments, the database) serve the customers waiting for their 201.
+    # The saga catches up once the rush is over.
+    intake_busy_at: int = Field(default=16, ge=0)
+    saga_in_flight_when_busy: int = Field(default=4, ge=1)
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(

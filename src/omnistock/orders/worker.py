@@ -17,6 +17,7 @@ from omnistock.orders.participants import Participants
 from omnistock.orders.settings import OrdersSettings
 from omnistock.platform.client import CallFailed
 from omnistock.platform.clock import Clock
+from omnistock.platform.ratelimit import ConcurrencyLimit
 from omnistock.platform.runtime import BackgroundJob, ServiceRuntime
 
 log = structlog.get_logger(__name__)
@@ -27,10 +28,18 @@ STEPS_RUN = Counter(
 
 
 class SagaWorker:
-    def __init__(self, participants: Participants, clock: Clock, own: OrdersSettings) -> None:
+    def __init__(
+        self,
+        participants: Participants,
+        clock: Clock,
+        own: OrdersSettings,
+        intake: ConcurrencyLimit | None = None,
+    ) -> None:
+        """``intake``: the placements under way in this replica, which the saga yields to."""
         self.participants = participants
         self.clock = clock
         self.own = own
+        self.intake = intake
         self.policies = service.Policies(
             own.retry_policy(), own.compensation_policy(), own.payment_poll()
         )
@@ -44,20 +53,28 @@ class SagaWorker:
 
         return saga_worker
 
+    def room(self) -> int:
+        """How many orders the saga may carry now: fewer while checkout is busy."""
+        busy_at = self.own.intake_busy_at
+        if busy_at and self.intake is not None and self.intake.under_way >= busy_at:
+            return min(self.own.saga_in_flight_when_busy, self.own.saga_in_flight)
+        return self.own.saga_in_flight
+
     async def run(self, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
-        """Keep up to ``saga_in_flight`` orders moving: claim due steps whenever there is room,
-        each order followed through the steps that come due at once, rather than a batch at a
-        time waiting for its slowest order. On stop, the steps under way are let finish."""
+        """Keep up to ``room()`` orders moving: claim due steps whenever there is room, each
+        order followed through the steps that come due at once, rather than a batch at a time
+        waiting for its slowest order. On stop, the steps under way are let finish."""
         in_flight: set[asyncio.Task[None]] = set()
         try:
             while not stop.is_set():
-                wanted = min(self.own.saga_in_flight - len(in_flight), self.own.worker_batch_size)
+                room = self.room()
+                wanted = min(room - len(in_flight), self.own.worker_batch_size)
                 claims = await self._claim(pool, wanted)
                 for claim in claims:
                     task = asyncio.create_task(self._follow(pool, claim, stop))
                     in_flight.add(task)
                     task.add_done_callback(in_flight.discard)
-                full = len(in_flight) >= self.own.saga_in_flight
+                full = len(in_flight) >= room
                 if claims and len(claims) == wanted and not full:
                     continue  # more may be due
                 await self._rest(stop, set(in_flight) if full else set())

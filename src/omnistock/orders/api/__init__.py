@@ -31,7 +31,8 @@ def build_app(
     own = own or OrdersSettings()
     clock = clock or SystemClock()
     participants = Participants(settings, own)
-    worker = SagaWorker(participants, clock, own)
+    placing = ConcurrencyLimit(own.placements_in_flight)
+    worker = SagaWorker(participants, clock, own, intake=placing)
     jobs = [
         # Every replica runs both: they take orders with SKIP LOCKED.
         worker.job(),
@@ -73,5 +74,5 @@ def build_app(
     app.state.orders_settings = own
     app.state.participants = participants
     app.state.worker = worker
-    app.state.placing = ConcurrencyLimit(own.placements_in_flight)
+    app.state.placing = placing
     return app
