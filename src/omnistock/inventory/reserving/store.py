@@ -138,8 +138,8 @@ class StateMoved(RuntimeError):
     the SKU locks. The batch is rolled back rather than publish a wrong figure or version."""
 
 
-# The lines' foreign key is checked at the end of the statement, when the reservations are in.
-# Each stock row and each figure is written from what was read under the SKU locks, which the
+# Each line's reservation is in the same statement (no foreign key checks it again: migration
+# 0006). Each stock row and each figure is written from what was read under the SKU locks, which the
 # transaction still holds: the counts returned say whether every one of them was.
 _WRITE = f"""
     WITH reservation AS (
