@@ -452,7 +452,7 @@ async def test_the_saga_carries_fewer_orders_while_checkout_is_busy(
         saga_in_flight=64, worker_batch_size=20, intake_busy_at=16, saga_in_flight_when_busy=3
     )
     intake = ConcurrencyLimit(64)
-    intake.under_way = placing  # orders being placed in this replica right now
+    intake.load = placing  # orders being placed in this replica lately
     participants = HeldCalls()
     worker = SagaWorker(cast(Participants, participants), clock, own, intake=intake)
     stop = asyncio.Event()
@@ -478,3 +478,24 @@ async def test_the_saga_carries_fewer_orders_while_checkout_is_busy(
     # Each order's first step was tried once and waits for its retry.
     rows = await pool.fetch("SELECT step, step_attempts FROM orders")
     assert {(r["step"], r["step_attempts"]) for r in rows} == {("commit_reservation", 1)}
+
+
+def test_the_saga_gives_way_to_a_rush_for_a_bounded_time(clock: ManualClock) -> None:
+    own = OrdersSettings(
+        saga_in_flight=64,
+        intake_busy_at=16,
+        saga_in_flight_when_busy=2,
+        saga_gives_way_at_most_s=30,
+    )
+    intake = ConcurrencyLimit(64)
+    worker = SagaWorker(cast(Participants, HeldCalls()), clock, own, intake=intake)
+    intake.load = 20
+    assert worker.room() == 2
+    clock.advance(timedelta(seconds=29))
+    assert worker.room() == 2
+    clock.advance(timedelta(seconds=1))
+    assert worker.room() == 64  # the rush lasted too long: confirmations get their share back
+    intake.load = 10
+    assert worker.room() == 64
+    intake.load = 20  # a new rush
+    assert worker.room() == 2

@@ -22,3 +22,24 @@ def test_requests_beyond_the_cap_are_turned_away_until_one_leaves() -> None:
     cap.leave()
     assert cap.try_enter() is True
     assert cap.try_enter() is False
+
+
+def test_load_follows_a_rush_but_not_a_moment_of_bunching() -> None:
+    cap = ConcurrencyLimit(64)
+    for _ in range(4):
+        cap.try_enter()
+    for _ in range(200):  # an ordinary load: four under way, one leaving as one comes
+        cap.leave()
+        cap.try_enter()
+    assert 3 < cap.load <= 4
+    for _ in range(16):  # a moment's bunching: twenty under way at once
+        cap.try_enter()
+    assert (cap.under_way, cap.load < 10) == (20, True)
+    for _ in range(16):
+        cap.leave()
+    for _ in range(28):  # a rush: thirty-two under way, and staying there
+        cap.try_enter()
+    for _ in range(200):
+        cap.leave()
+        cap.try_enter()
+    assert cap.load > 30

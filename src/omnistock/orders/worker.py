@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import replace
+from datetime import datetime, timedelta
 
 import asyncpg
 import structlog
@@ -40,6 +41,7 @@ class SagaWorker:
         self.clock = clock
         self.own = own
         self.intake = intake
+        self._busy_since: datetime | None = None
         self.policies = service.Policies(
             own.retry_policy(), own.compensation_policy(), own.payment_poll()
         )
@@ -54,11 +56,18 @@ class SagaWorker:
         return saga_worker
 
     def room(self) -> int:
-        """How many orders the saga may carry now: fewer while checkout is busy."""
-        busy_at = self.own.intake_busy_at
-        if busy_at and self.intake is not None and self.intake.under_way >= busy_at:
-            return min(self.own.saga_in_flight_when_busy, self.own.saga_in_flight)
-        return self.own.saga_in_flight
+        """How many orders the saga may carry now: fewer while checkout is busy, for at most
+        ``saga_gives_way_at_most_s`` of a rush."""
+        own = self.own
+        if not (own.intake_busy_at and self.intake and self.intake.load >= own.intake_busy_at):
+            self._busy_since = None
+            return own.saga_in_flight
+        now = self.clock.now()
+        if self._busy_since is None:
+            self._busy_since = now
+        if now - self._busy_since >= timedelta(seconds=own.saga_gives_way_at_most_s):
+            return own.saga_in_flight
+        return min(own.saga_in_flight_when_busy, own.saga_in_flight)
 
     async def run(self, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
         """Keep up to ``room()`` orders moving: claim due steps whenever there is room, each

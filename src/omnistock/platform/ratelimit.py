@@ -28,15 +28,23 @@ class ConcurrencyLimit:
     come back later) rather than queued behind them, where every request would wait longer
     and longer while the work it waits for is no faster."""
 
+    SMOOTHING = 0.05
+    """Each entry or exit moves ``load`` this share of the way to the count under way."""
+
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.under_way = 0
+        # How many are under way, smoothed over the last few dozen entries and exits: a rush
+        # lifts it, a moment's bunching of an ordinary load hardly does.
+        self.load = 0.0
 
     def try_enter(self) -> bool:
         if self.under_way >= self.limit:
             return False
         self.under_way += 1
+        self.load += self.SMOOTHING * (self.under_way - self.load)
         return True
 
     def leave(self) -> None:
         self.under_way -= 1
+        self.load += self.SMOOTHING * (self.under_way - self.load)
