@@ -20,7 +20,7 @@ from omnistock.orders.participants import Participants
 from omnistock.orders.settings import OrdersSettings
 from omnistock.orders.worker import SagaWorker
 from omnistock.platform import db
-from omnistock.platform.client import CallFailed
+from omnistock.platform.client import Answer, CallFailed
 from omnistock.platform.clock import ManualClock
 from omnistock.platform.ratelimit import ConcurrencyLimit
 from omnistock.platform.settings import Settings
@@ -420,25 +420,28 @@ async def test_any_run_of_outcomes_and_cancels_walks_the_table_one_version_at_a_
 
 
 class HeldCalls:
-    """Participants whose every call waits until the test lets it go, then fails: the order is
-    tried again later on the test's clock, which stands still."""
+    """Participants whose every call waits until the test answers it (or fails it: the order is
+    then tried again later on the test's clock, which stands still)."""
 
     inventory = pricing = payments = loyalty = None
 
     def __init__(self) -> None:
-        self.arrived: asyncio.Queue[asyncio.Future[None]] = asyncio.Queue()
+        self.arrived: asyncio.Queue[tuple[str, asyncio.Future[Answer]]] = asyncio.Queue()
         self.under_way = self.most = 0
 
-    async def call(self, *_: Any, **__: Any) -> Any:
-        gate = asyncio.get_running_loop().create_future()
+    async def call(self, _client: Any, method: str, path: str, **__: Any) -> Answer:
+        gate: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self.under_way += 1
         self.most = max(self.most, self.under_way)
-        await self.arrived.put(gate)
+        await self.arrived.put((path, gate))
         try:
-            await gate
+            return await gate
         finally:
             self.under_way -= 1
-        raise CallFailed("let go by the test")
+
+
+def fail(gate: asyncio.Future[Answer]) -> None:
+    gate.set_exception(CallFailed("let go by the test"))
 
 
 @pytest.mark.parametrize(("placing", "carried"), [(20, 3), (15, 12)])
@@ -457,18 +460,19 @@ async def test_the_saga_carries_fewer_orders_while_checkout_is_busy(
     worker = SagaWorker(cast(Participants, participants), clock, own, intake=intake)
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(pool, stop))
-    held: list[asyncio.Future[None]] = []
+    held: list[asyncio.Future[Answer]] = []
     let_go = 0
     try:
         while let_go < orders:
-            held.append(await asyncio.wait_for(participants.arrived.get(), 30))
+            _, gate = await asyncio.wait_for(participants.arrived.get(), 30)
+            held.append(gate)
             if len(held) < carried and let_go + len(held) < orders:
                 continue
             # Every order the worker has taken is one whose call is held here.
             leased = await pool.fetchval("SELECT count(*) FROM orders WHERE lease_id IS NOT NULL")
             assert leased == len(held)
             for gate in held:
-                gate.set_result(None)
+                fail(gate)
             let_go += len(held)
             held = []
     finally:
@@ -499,3 +503,36 @@ def test_the_saga_gives_way_to_a_rush_for_a_bounded_time(clock: ManualClock) -> 
     assert worker.room() == 64
     intake.load = 20  # a new rush
     assert worker.room() == 2
+
+
+async def test_orders_carried_beyond_the_room_of_a_rush_are_let_go_after_their_step(
+    pool: asyncpg.Pool, clock: ManualClock
+) -> None:
+    for n in range(4):
+        await place(pool, clock, customer=f"c-{n}")
+    own = OrdersSettings(saga_in_flight=64, intake_busy_at=16, saga_in_flight_when_busy=2)
+    intake = ConcurrencyLimit(64)
+    participants = HeldCalls()
+    worker = SagaWorker(cast(Participants, participants), clock, own, intake=intake)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(pool, stop))
+    try:
+        commits = [await asyncio.wait_for(participants.arrived.get(), 30) for _ in range(4)]
+        intake.load = 20  # checkout got busy while four orders were under way
+        committed = Answer(200, b'{"allocations": []}', {}, "POST", "")
+        for path, gate in commits:
+            assert path.endswith("/commit")
+            gate.set_result(committed)
+        # Two of them go on to the payment; the other two wait for room, their leases let go.
+        payments = [await asyncio.wait_for(participants.arrived.get(), 30) for _ in range(2)]
+        assert all(path == "/v1/payments" for path, _ in payments)
+        leased = await pool.fetchval("SELECT count(*) FROM orders WHERE lease_id IS NOT NULL")
+        waiting = await pool.fetchval(
+            "SELECT count(*) FROM orders WHERE step = 'authorize_payment' AND lease_id IS NULL"
+        )
+        assert (leased, waiting) == (2, 2)
+        for _, gate in payments:
+            fail(gate)
+    finally:
+        stop.set()
+        await running

@@ -59,7 +59,7 @@ class OrdersSettings(BaseSettings):
     # the saga carries at most saga_in_flight_when_busy orders, and the processes they share
     # (this one, inventory, payments, the database) serve the customers waiting for their 201.
     # The saga catches up once the rush is over.
-    intake_busy_at: int = Field(default=16, ge=0)
+    intake_busy_at: int = Field(default=24, ge=0)
     saga_in_flight_when_busy: int = Field(default=2, ge=1)
     # For a rush longer than this the saga takes its full share again: confirmations are late
     # by at most about this much, and orders do not run into CONFIRM_WITHIN_S.

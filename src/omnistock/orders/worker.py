@@ -42,6 +42,7 @@ class SagaWorker:
         self.own = own
         self.intake = intake
         self._busy_since: datetime | None = None
+        self._carried: set[asyncio.Task[None]] = set()
         self.policies = service.Policies(
             own.retry_policy(), own.compensation_policy(), own.payment_poll()
         )
@@ -73,7 +74,7 @@ class SagaWorker:
         """Keep up to ``room()`` orders moving: claim due steps whenever there is room, each
         order followed through the steps that come due at once, rather than a batch at a time
         waiting for its slowest order. On stop, the steps under way are let finish."""
-        in_flight: set[asyncio.Task[None]] = set()
+        in_flight = self._carried = set()
         try:
             while not stop.is_set():
                 room = self.room()
@@ -149,7 +150,10 @@ class SagaWorker:
             outcome=type(outcome).__name__,
         )
         try:
-            carry_on_for = None if stop.is_set() else self.own.lease
+            # Beyond the room there is now (checkout got busy), the order is let go after its
+            # step, as on stop: taken again once there is room.
+            carry_on = not stop.is_set() and len(self._carried) <= self.room()
+            carry_on_for = self.own.lease if carry_on else None
             async with pool.acquire() as conn, conn.transaction():
                 return await service.record_outcome(
                     conn, self.clock, claim, outcome, self.policies, carry_on_for=carry_on_for
