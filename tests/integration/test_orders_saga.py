@@ -536,3 +536,30 @@ async def test_orders_carried_beyond_the_room_of_a_rush_are_let_go_after_their_s
     finally:
         stop.set()
         await running
+
+
+async def test_behind_a_backlog_an_order_that_made_a_step_goes_before_those_placed_after_it(
+    pool: asyncpg.Pool, clock: ManualClock
+) -> None:
+    async def claim_one() -> tuple[str, str]:
+        async with pool.acquire() as conn, conn.transaction():
+            (claimed,) = await service.claim_due(conn, clock, LEASE, 1)
+        return claimed.order.order_id, claimed.step
+
+    first = await place(pool, clock, customer="c-1")
+    clock.advance(timedelta(seconds=1))
+    second = await place(pool, clock, customer="c-2")
+    clock.advance(timedelta(seconds=1))
+    async with pool.acquire() as conn, conn.transaction():
+        (commit,) = await service.claim_due(conn, clock, LEASE, 1)
+    assert commit.order.order_id == first
+    clock.advance(timedelta(seconds=1))
+    await record(pool, clock, commit, saga.Done())  # its next step follows at once
+    clock.advance(timedelta(seconds=1))
+    third = await place(pool, clock, customer="c-3")
+    clock.advance(timedelta(seconds=1))
+    assert [await claim_one() for _ in range(3)] == [
+        (first, "authorize_payment"),
+        (second, "commit_reservation"),
+        (third, "commit_reservation"),
+    ]

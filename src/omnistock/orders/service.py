@@ -264,7 +264,8 @@ async def _step_done(
         "step": following,
         "step_started_at": now if following else None,
         "step_attempts": 0,
-        "next_attempt_at": now if following else None,
+        # Due since the order was placed: claims take the longest due first (``claim_due``).
+        "next_attempt_at": row["placed_at"] if following else None,
         "last_error": None,
     }
     if following is not None and lease is not None:
