@@ -454,8 +454,9 @@ async def test_the_saga_carries_fewer_orders_while_checkout_is_busy(
     own = OrdersSettings(
         saga_in_flight=64, worker_batch_size=20, intake_busy_at=16, saga_in_flight_when_busy=3
     )
-    intake = ConcurrencyLimit(64)
-    intake.load = placing  # orders being placed in this replica lately
+    intake = ConcurrencyLimit(64, smoothing_s=0)
+    for _ in range(placing):  # orders being placed in this replica
+        intake.try_enter()
     participants = HeldCalls()
     worker = SagaWorker(cast(Participants, participants), clock, own, intake=intake)
     stop = asyncio.Event()
@@ -491,17 +492,20 @@ def test_the_saga_gives_way_to_a_rush_for_a_bounded_time(clock: ManualClock) -> 
         saga_in_flight_when_busy=2,
         saga_gives_way_at_most_s=30,
     )
-    intake = ConcurrencyLimit(64)
+    intake = ConcurrencyLimit(64, smoothing_s=0)
     worker = SagaWorker(cast(Participants, HeldCalls()), clock, own, intake=intake)
-    intake.load = 20
+    for _ in range(20):
+        intake.try_enter()
     assert worker.room() == 2
     clock.advance(timedelta(seconds=29))
     assert worker.room() == 2
     clock.advance(timedelta(seconds=1))
     assert worker.room() == 64  # the rush lasted too long: confirmations get their share back
-    intake.load = 10
+    for _ in range(10):
+        intake.leave()
     assert worker.room() == 64
-    intake.load = 20  # a new rush
+    for _ in range(10):  # a new rush
+        intake.try_enter()
     assert worker.room() == 2
 
 
@@ -511,14 +515,15 @@ async def test_orders_carried_beyond_the_room_of_a_rush_are_let_go_after_their_s
     for n in range(4):
         await place(pool, clock, customer=f"c-{n}")
     own = OrdersSettings(saga_in_flight=64, intake_busy_at=16, saga_in_flight_when_busy=2)
-    intake = ConcurrencyLimit(64)
+    intake = ConcurrencyLimit(64, smoothing_s=0)
     participants = HeldCalls()
     worker = SagaWorker(cast(Participants, participants), clock, own, intake=intake)
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(pool, stop))
     try:
         commits = [await asyncio.wait_for(participants.arrived.get(), 30) for _ in range(4)]
-        intake.load = 20  # checkout got busy while four orders were under way
+        for _ in range(20):  # checkout got busy while four orders were under way
+            intake.try_enter()
         committed = Answer(200, b'{"allocations": []}', {}, "POST", "")
         for path, gate in commits:
             assert path.endswith("/commit")

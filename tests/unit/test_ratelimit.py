@@ -25,21 +25,23 @@ def test_requests_beyond_the_cap_are_turned_away_until_one_leaves() -> None:
 
 
 def test_load_follows_a_rush_but_not_a_moment_of_bunching() -> None:
-    cap = ConcurrencyLimit(64)
+    cap = ConcurrencyLimit(64, smoothing_s=0.25)
+    t = 0.0
     for _ in range(4):
-        cap.try_enter()
-    for _ in range(200):  # an ordinary load: four under way, one leaving as one comes
-        cap.leave()
-        cap.try_enter()
-    assert 3 < cap.load <= 4
-    for _ in range(16):  # a moment's bunching: twenty under way at once
-        cap.try_enter()
-    assert (cap.under_way, cap.load < 10) == (20, True)
+        cap.try_enter(now=t)
+    t += 10  # an ordinary load: four under way for a while
+    assert 3.9 < cap.load(now=t) <= 4
+    for _ in range(16):  # a moment's bunching: twenty under way for a tenth of a second
+        cap.try_enter(now=t)
+    t += 0.1
+    assert (cap.under_way, cap.load(now=t) < 10) == (20, True)
     for _ in range(16):
-        cap.leave()
-    for _ in range(28):  # a rush: thirty-two under way, and staying there
-        cap.try_enter()
-    for _ in range(200):
-        cap.leave()
-        cap.try_enter()
-    assert cap.load > 30
+        cap.leave(now=t)
+    for _ in range(28):  # a rush: thirty-two under way for five seconds
+        cap.try_enter(now=t)
+    t += 5
+    assert cap.load(now=t) > 31
+    for _ in range(32):  # over: within a second the load is back down
+        cap.leave(now=t)
+    t += 1
+    assert cap.load(now=t) < 1

@@ -53,12 +53,11 @@ class OrdersSettings(BaseSettings):
     # a database connection only while it records a step's outcome).
     worker_batch_size: int = Field(default=20, ge=1)
     saga_in_flight: int = Field(default=64, ge=1)
-    # Checkout comes first: while this many orders or more are being placed at once (0: never;
-    # the count smoothed over the last few dozen placements, so that a rush counts, not a
-    # moment's bunching),
-    # the saga carries at most saga_in_flight_when_busy orders, and the processes they share
-    # (this one, inventory, payments, the database) serve the customers waiting for their 201.
-    # The saga catches up once the rush is over.
+    # Checkout comes first: while this many orders or more are being placed at once (the count
+    # smoothed over a quarter of a second: a rush counts, a moment's bunching does not; 0:
+    # never), the saga carries at most saga_in_flight_when_busy orders, and the processes they
+    # share (this one, inventory, payments, the database) serve the customers waiting for
+    # their 201. The saga catches up once the rush is over.
     intake_busy_at: int = Field(default=24, ge=0)
     saga_in_flight_when_busy: int = Field(default=2, ge=1)
     # For a rush longer than this the saga takes its full share again: confirmations are late

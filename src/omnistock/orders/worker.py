@@ -60,7 +60,8 @@ class SagaWorker:
         """How many orders the saga may carry now: fewer while checkout is busy, for at most
         ``saga_gives_way_at_most_s`` of a rush."""
         own = self.own
-        if not (own.intake_busy_at and self.intake and self.intake.load >= own.intake_busy_at):
+        busy_at, intake = own.intake_busy_at, self.intake
+        if not (busy_at and intake is not None and intake.load() >= busy_at):
             self._busy_since = None
             return own.saga_in_flight
         now = self.clock.now()

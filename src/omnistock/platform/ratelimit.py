@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 
@@ -26,25 +27,42 @@ class RateLimiter:
 class ConcurrencyLimit:
     """At most ``limit`` requests of a kind under way: one more is turned away at once (to
     come back later) rather than queued behind them, where every request would wait longer
-    and longer while the work it waits for is no faster."""
+    and longer while the work it waits for is no faster.
 
-    SMOOTHING = 0.05
-    """Each entry or exit moves ``load`` this share of the way to the count under way."""
+    ``load()`` is the count under way smoothed over ``smoothing_s``: a rush lifts it within a
+    fraction of a second, a moment's bunching of an ordinary load hardly does, and it falls
+    back as soon once the rush is over."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, smoothing_s: float = 0.25) -> None:
         self.limit = limit
         self.under_way = 0
-        # How many are under way, smoothed over the last few dozen entries and exits: a rush
-        # lifts it, a moment's bunching of an ordinary load hardly does.
-        self.load = 0.0
+        self._smoothing_s = smoothing_s
+        self._load = 0.0
+        self._at = time.monotonic()
 
-    def try_enter(self) -> bool:
+    def try_enter(self, now: float | None = None) -> bool:
         if self.under_way >= self.limit:
             return False
+        self._settle(now)
         self.under_way += 1
-        self.load += self.SMOOTHING * (self.under_way - self.load)
         return True
 
-    def leave(self) -> None:
+    def leave(self, now: float | None = None) -> None:
+        self._settle(now)
         self.under_way -= 1
-        self.load += self.SMOOTHING * (self.under_way - self.load)
+
+    def load(self, now: float | None = None) -> float:
+        self._settle(now)
+        return self._load
+
+    def _settle(self, now: float | None) -> None:
+        """Bring ``_load`` up to ``now``: since the last change the count stood still, and the
+        load went that way exponentially."""
+        now = time.monotonic() if now is None else now
+        elapsed, self._at = max(0.0, now - self._at), now
+        if self._smoothing_s <= 0:
+            self._load = float(self.under_way)
+            return
+        self._load = self.under_way + (self._load - self.under_way) * math.exp(
+            -elapsed / self._smoothing_s
+        )
