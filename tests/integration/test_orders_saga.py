@@ -560,6 +560,13 @@ async def test_behind_a_backlog_an_order_that_made_a_step_goes_before_those_plac
     assert commit.order.order_id == first
     clock.advance(timedelta(seconds=1))
     await record(pool, clock, commit, saga.Done())  # its next step follows at once
+    async with pool.acquire() as conn:
+        (report,) = [
+            s
+            for s in await service.stuck_orders(conn, clock, timedelta(0))
+            if s["order_id"] == first
+        ]
+    assert report["next_attempt_at"] == (T0 + timedelta(seconds=3)).isoformat()  # due since then
     clock.advance(timedelta(seconds=1))
     third = await place(pool, clock, customer="c-3")
     clock.advance(timedelta(seconds=1))

@@ -401,11 +401,13 @@ async def stuck_orders(
     conn: asyncpg.Connection, clock: Clock, older_than: timedelta, limit: int = 100
 ) -> list[dict[str, Any]]:
     rows = await repository.stuck(conn, clock.now() - older_than, limit)
+    # A step that followed another at once is due since its order was placed (for the order in
+    # which claims take them): to whoever reads the report it became due when it started.
     return [
         {
             **dict(row),
             "step_started_at": row["step_started_at"].isoformat(),
-            "next_attempt_at": row["next_attempt_at"].isoformat(),
+            "next_attempt_at": max(row["next_attempt_at"], row["step_started_at"]).isoformat(),
         }
         for row in rows
     ]
