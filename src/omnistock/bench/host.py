@@ -14,10 +14,16 @@ STACK_DIR = Path(
 _TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of ``/proc/{pid}/stat`` after the command name (which may hold spaces): the
+    process's state is ``[0]``, its parent ``[1]``."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def process_cpu_ms(pid: int, *, with_reaped_children: bool = False) -> float:
     """User and system time of ``pid`` so far; with ``with_reaped_children``, also that of its
     children that have ended (their time passes to the parent when it reaps them)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = _stat(pid)
     ticks = int(fields[11]) + int(fields[12])  # utime, stime
     if with_reaped_children:
         ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
@@ -35,7 +41,7 @@ def _stack_processes() -> tuple[int | None, int | None, dict[int, int]]:
         pid = int(entry.name)
         try:
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            parents[pid] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            parents[pid] = int(_stat(pid)[1])
         except (OSError, ValueError, IndexError):
             continue  # gone meanwhile
         words = command.split()
@@ -75,7 +81,7 @@ def broker_age_s() -> float | None:
     if broker is None:
         return None
     try:
-        started_ticks = int(Path(f"/proc/{broker}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        started_ticks = int(_stat(broker)[19])
     except (OSError, ValueError, IndexError):
         return None
     since_boot_s = float(Path("/proc/uptime").read_text().split()[0])
