@@ -22,7 +22,10 @@ customers, paid by card. In one run, each phase ``seconds`` long:
   keeps up with (placing alone goes faster: the saga gives way while checkout is busy);
 - ``steady_confirm_p50_ms`` / ``steady_confirm_p99_ms``: the same at ``steady_rate_per_s``,
   ``STEADY_SHARE`` of the sustained rate: the saga's latency when the machine keeps up, as on
-  a deployment sized for its load;
+  a deployment sized for its load; ``steady_cpu_ms_per_order``: the CPU time each process
+  used in that phase per order, placing and the whole saga, beyond what it uses idle
+  (``idle_cores``, measured before any order); ``cores_for_rate``: the cores those figures come to
+  at ``rate`` per second, which sizes a deployment for it;
 - ``drained_s``: from the end of the load to the last order confirmed or cancelled; ``lost``:
   orders placed in any phase and neither confirmed nor cancelled ``LOST_AFTER_S`` after the
   load; ``oversold``: stock rows holding more than on hand, stock counters that disagree
@@ -79,6 +82,11 @@ SETTLE_S = 60.0  # between phases: what is left then only slows the next one dow
 # enough for a saga that fell behind the offered rate on a small machine to catch up.
 LOST_AFTER_S = 180.0
 WARM_UP_S = 2.0
+# The processes' idle use is the quietest of a few windows this long; the steady phase waits
+# (at most QUIET_WITHIN_S) until they are about that quiet again, so that it shares the machine
+# with no work left from the phases before (the PSP's webhooks, the relays' last events).
+IDLE_WINDOW_S, IDLE_WINDOWS, QUIET_WITHIN_S = 1.0, 3, 60.0
+QUIET_MARGIN_MS_PER_S = 50.0
 RESERVING_CLIENTS = 32
 # Checkout reservations made before the timed phase, for this many times what the orders
 # reserving themselves reached (placing a reserved order costs less): the phase ends early
@@ -152,6 +160,7 @@ async def _drive(stack: Stack, options: Options, outcomes: Outcomes) -> dict[str
     headers = stack.token("bench-storefront", ["orders:write", "orders:read", "inventory:reserve"])
     client = LoadClient(stack.urls["orders"], headers)
     endless = (order_body(rng, options.skus) for _ in itertools.count())
+    idle = await _idle_cpu_ms_per_s(stack)
     try:
         # Connections, caches and prepared statements of every service, not measured.
         await closed_loop(client, endless, options.clients, WARM_UP_S, outcomes, "warm-up")
@@ -180,6 +189,8 @@ async def _drive(stack: Stack, options: Options, outcomes: Outcomes) -> dict[str
         # sized for its load sees.
         steady_rate = round(STEADY_SHARE * sustained, 1)
         console.print(f"[bold]latency[/bold]: {steady_rate:g} orders/s for {options.seconds:g} s")
+        await _quiet(stack, idle)
+        steady_before, steady_started = stack.cpu_ms(), time.monotonic()
         steady = await open_loop(
             client,
             lambda: order_body(rng, options.skus),
@@ -189,6 +200,14 @@ async def _drive(stack: Stack, options: Options, outcomes: Outcomes) -> dict[str
             f"{steady_rate:g}/s",
         )
         await outcomes.settle(SETTLE_S, "saga catching up")
+        # Their webhooks and last events included; the next phase then starts as quiet.
+        await _quiet(stack, idle)
+        steady_used = stack.cpu_ms()
+        # What the processes use idle (polls, heartbeats) is not a cost of the orders.
+        steady_s = time.monotonic() - steady_started
+        steady_used = {
+            name: ms - idle.get(name, 0.0) * steady_s for name, ms in steady_used.items()
+        }
 
         console.print(f"[bold]latency[/bold]: {options.rate:g} orders/s for {options.seconds:g} s")
         timed = await open_loop(
@@ -202,6 +221,7 @@ async def _drive(stack: Stack, options: Options, outcomes: Outcomes) -> dict[str
         drained_s = await outcomes.settle(LOST_AFTER_S, "last orders settling")
     finally:
         await client.aclose()
+    steady_cost = _per_order(steady_before, steady_used, len(steady.placed))
     latencies = outcomes.confirm_latencies_ms(timed.placed)
     steady_latencies = outcomes.confirm_latencies_ms(steady.placed)
     refused: dict[str, int] = {}
@@ -216,17 +236,10 @@ async def _drive(stack: Stack, options: Options, outcomes: Outcomes) -> dict[str
         "place_p99_ms": round(percentile(checkout.latencies_ms, 0.99), 1),
         "checkout_phase_s": round(checkout.elapsed_s, 1),
         # The saga confirms orders meanwhile: its work is in these figures too.
-        "cpu_ms_per_order": {
-            name: round((used[name] - before[name]) / max(1, len(checkout.placed)), 2)
-            for name in used
-            if name in before
-        },
+        "cpu_ms_per_order": _per_order(before, used, len(checkout.placed)),
         # Of the machine's cores, how many those processes kept busy in that phase.
         "cores_busy": round(
-            sum(used[name] - before[name] for name in used if name in before)
-            / 1000
-            / max(checkout.elapsed_s, 1e-9),
-            2,
+            sum(_used(before, used).values()) / 1000 / max(checkout.elapsed_s, 1e-9), 2
         ),
         "rate_per_s": options.rate,
         "achieved_rate_per_s": round(timed.per_s, 1),
@@ -238,12 +251,50 @@ async def _drive(stack: Stack, options: Options, outcomes: Outcomes) -> dict[str
         "steady_achieved_rate_per_s": round(steady.per_s, 1),
         "steady_confirm_p50_ms": round(percentile(steady_latencies, 0.5), 1),
         "steady_confirm_p99_ms": round(percentile(steady_latencies, 0.99), 1),
+        # Placing and the whole saga of an order (no phase gives way to another here): what a
+        # deployment needs per order, and so how many cores ``rate`` would keep busy.
+        "steady_cpu_ms_per_order": steady_cost,
+        "idle_cores": round(sum(idle.values()) / 1000, 2),
+        "cores_for_rate": round(
+            (sum(steady_cost.values()) * options.rate + sum(idle.values())) / 1000, 1
+        ),
         # From the end of the load to the last order confirmed or cancelled.
         "drained_s": round(drained_s, 1),
         "lost_after_s": LOST_AFTER_S,
         "seconds": options.seconds,
         "refused": refused,
     }
+
+
+async def _window(stack: Stack) -> dict[str, float]:
+    """CPU ms per second each process used over the next ``IDLE_WINDOW_S``."""
+    before, started_at = stack.cpu_ms(), time.monotonic()
+    await asyncio.sleep(IDLE_WINDOW_S)
+    elapsed = time.monotonic() - started_at
+    return {name: ms / elapsed for name, ms in _used(before, stack.cpu_ms()).items()}
+
+
+async def _idle_cpu_ms_per_s(stack: Stack) -> dict[str, float]:
+    """What each process uses with no orders coming: polls and heartbeats."""
+    windows = [await _window(stack) for _ in range(IDLE_WINDOWS)]
+    return min(windows, key=lambda window: sum(window.values()))
+
+
+async def _quiet(stack: Stack, idle: dict[str, float]) -> None:
+    """Until the processes use about what they use idle, or ``QUIET_WITHIN_S``."""
+    deadline = time.monotonic() + QUIET_WITHIN_S
+    while time.monotonic() < deadline:
+        if sum((await _window(stack)).values()) <= sum(idle.values()) + QUIET_MARGIN_MS_PER_S:
+            return
+
+
+def _used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU ms each process used between two readings of ``Stack.cpu_ms``."""
+    return {name: after[name] - before[name] for name in after if name in before}
+
+
+def _per_order(before: dict[str, float], after: dict[str, float], orders: int) -> dict[str, float]:
+    return {name: round(ms / max(1, orders), 2) for name, ms in _used(before, after).items()}
 
 
 async def _checkout(stack: Stack, headers: dict[str, str], bodies: list[Body]) -> list[Body]:
