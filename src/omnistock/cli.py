@@ -307,14 +307,19 @@ def outbox_requeue(
 def bench(
     name: Annotated[
         str,
-        typer.Argument(help="outbox | codec | reservations | pricing | storefront | orders"),
+        typer.Argument(
+            help="outbox | codec | reservations | pricing | storefront | orders | capacity"
+        ),
     ],
     json: Annotated[
         bool, typer.Option("--json", help="print one JSON object as the last line")
     ] = False,
     seconds: Annotated[float, typer.Option(help="length of each measured phase")] = 10.0,
     rate: Annotated[
-        float | None, typer.Option(help="orders: orders offered per second (latency phase)")
+        float | None,
+        typer.Option(
+            help="orders: orders offered per second (latency phase); capacity: the highest rate"
+        ),
     ] = None,
     clients: Annotated[int | None, typer.Option(help="orders: concurrent clients")] = None,
     skus: Annotated[int | None, typer.Option(help="orders: SKUs stocked and priced")] = None,

@@ -17,6 +17,7 @@ BENCHMARKS = {
     "pricing": "omnistock.bench.pricing",
     "storefront": "omnistock.bench.storefront",
     "orders": "omnistock.bench.orders",
+    "capacity": "omnistock.bench.orders.capacity",
 }
 
 

@@ -24,8 +24,7 @@ customers, paid by card. In one run, each phase ``seconds`` long:
   ``STEADY_SHARE`` of the sustained rate: the saga's latency when the machine keeps up, as on
   a deployment sized for its load; ``steady_cpu_ms_per_order``: the CPU time each process
   used in that phase per order, placing and the whole saga, beyond what it uses idle
-  (``idle_cores``, measured before any order); ``cores_for_rate``: the cores those figures come to
-  at ``rate`` per second, which sizes a deployment for it;
+  (``idle_cores``, the load generator left out, measured before any order);
 - ``drained_s``: from the end of the load to the last order confirmed or cancelled; ``lost``:
   orders placed in any phase and neither confirmed nor cancelled ``LOST_AFTER_S`` after the
   load; ``oversold``: stock rows holding more than on hand, stock counters that disagree
@@ -60,6 +59,13 @@ from omnistock.bench.common import (
     run_id,
 )
 from omnistock.bench.orders.client import LoadClient
+from omnistock.bench.orders.cpu import (
+    costed_open_loop,
+    deployment_ms,
+    idle_cpu_ms_per_s,
+    per_order,
+    used_between,
+)
 from omnistock.bench.orders.load import (
     LINES,
     Body,
@@ -68,7 +74,7 @@ from omnistock.bench.orders.load import (
     open_loop,
     order_body,
 )
-from omnistock.bench.orders.stack import CHANNEL, Stack, seed, started
+from omnistock.bench.orders.stack import CHANNEL, Stack, seed, started, stock_check
 from omnistock.contracts.orders import OrderLine, OrderPlaced
 from omnistock.platform import db, events
 from omnistock.platform.clock import SystemClock
@@ -82,11 +88,6 @@ SETTLE_S = 60.0  # between phases: what is left then only slows the next one dow
 # enough for a saga that fell behind the offered rate on a small machine to catch up.
 LOST_AFTER_S = 180.0
 WARM_UP_S = 2.0
-# The processes' idle use is the quietest of a few windows this long; the steady phase waits
-# (at most QUIET_WITHIN_S) until they are about that quiet again, so that it shares the machine
-# with no work left from the phases before (the PSP's webhooks, the relays' last events).
-IDLE_WINDOW_S, IDLE_WINDOWS, QUIET_WITHIN_S = 1.0, 3, 60.0
-QUIET_MARGIN_MS_PER_S = 50.0
 RESERVING_CLIENTS = 32
 # Checkout reservations made before the timed phase, for this many times what the orders
 # reserving themselves reached (placing a reserved order costs less): the phase ends early
@@ -130,7 +131,7 @@ async def _run(settings: Settings, options: Options) -> dict[str, Any]:
             result = await _drive(stack, options, outcomes)
         finally:
             outcomes.stop()
-        result.update(await _stock_check(settings, stack.schemas["inventory"]))
+        result.update(await stock_check(settings, stack.schemas["inventory"]))
         unsettled = outcomes.unsettled()
         if unsettled:
             result["unsettled_statuses"] = await _statuses(
@@ -160,7 +161,7 @@ async def _drive(stack: Stack, options: Options, outcomes: Outcomes) -> dict[str
     headers = stack.token("bench-storefront", ["orders:write", "orders:read", "inventory:reserve"])
     client = LoadClient(stack.urls["orders"], headers)
     endless = (order_body(rng, options.skus) for _ in itertools.count())
-    idle = await _idle_cpu_ms_per_s(stack)
+    idle = await idle_cpu_ms_per_s(stack)
     try:
         # Connections, caches and prepared statements of every service, not measured.
         await closed_loop(client, endless, options.clients, WARM_UP_S, outcomes, "warm-up")
@@ -189,25 +190,16 @@ async def _drive(stack: Stack, options: Options, outcomes: Outcomes) -> dict[str
         # sized for its load sees.
         steady_rate = round(STEADY_SHARE * sustained, 1)
         console.print(f"[bold]latency[/bold]: {steady_rate:g} orders/s for {options.seconds:g} s")
-        await _quiet(stack, idle)
-        steady_before, steady_started = stack.cpu_ms(), time.monotonic()
-        steady = await open_loop(
+        steady, steady_cost = await costed_open_loop(
+            stack,
             client,
             lambda: order_body(rng, options.skus),
             steady_rate,
             options.seconds,
             outcomes,
-            f"{steady_rate:g}/s",
+            idle,
+            SETTLE_S,
         )
-        await outcomes.settle(SETTLE_S, "saga catching up")
-        # Their webhooks and last events included; the next phase then starts as quiet.
-        await _quiet(stack, idle)
-        steady_used = stack.cpu_ms()
-        # What the processes use idle (polls, heartbeats) is not a cost of the orders.
-        steady_s = time.monotonic() - steady_started
-        steady_used = {
-            name: ms - idle.get(name, 0.0) * steady_s for name, ms in steady_used.items()
-        }
 
         console.print(f"[bold]latency[/bold]: {options.rate:g} orders/s for {options.seconds:g} s")
         timed = await open_loop(
@@ -221,7 +213,6 @@ async def _drive(stack: Stack, options: Options, outcomes: Outcomes) -> dict[str
         drained_s = await outcomes.settle(LOST_AFTER_S, "last orders settling")
     finally:
         await client.aclose()
-    steady_cost = _per_order(steady_before, steady_used, len(steady.placed))
     latencies = outcomes.confirm_latencies_ms(timed.placed)
     steady_latencies = outcomes.confirm_latencies_ms(steady.placed)
     refused: dict[str, int] = {}
@@ -236,10 +227,10 @@ async def _drive(stack: Stack, options: Options, outcomes: Outcomes) -> dict[str
         "place_p99_ms": round(percentile(checkout.latencies_ms, 0.99), 1),
         "checkout_phase_s": round(checkout.elapsed_s, 1),
         # The saga confirms orders meanwhile: its work is in these figures too.
-        "cpu_ms_per_order": _per_order(before, used, len(checkout.placed)),
+        "cpu_ms_per_order": per_order(before, used, len(checkout.placed)),
         # Of the machine's cores, how many those processes kept busy in that phase.
         "cores_busy": round(
-            sum(_used(before, used).values()) / 1000 / max(checkout.elapsed_s, 1e-9), 2
+            sum(used_between(before, used).values()) / 1000 / max(checkout.elapsed_s, 1e-9), 2
         ),
         "rate_per_s": options.rate,
         "achieved_rate_per_s": round(timed.per_s, 1),
@@ -251,50 +242,16 @@ async def _drive(stack: Stack, options: Options, outcomes: Outcomes) -> dict[str
         "steady_achieved_rate_per_s": round(steady.per_s, 1),
         "steady_confirm_p50_ms": round(percentile(steady_latencies, 0.5), 1),
         "steady_confirm_p99_ms": round(percentile(steady_latencies, 0.99), 1),
-        # Placing and the whole saga of an order (no phase gives way to another here): what a
-        # deployment needs per order, and so how many cores ``rate`` would keep busy.
+        # Placing and the whole saga of an order (no phase gives way to another here): what an
+        # order costs a deployment at that rate (less at higher ones: ``bench capacity``).
         "steady_cpu_ms_per_order": steady_cost,
-        "idle_cores": round(sum(idle.values()) / 1000, 2),
-        "cores_for_rate": round(
-            (sum(steady_cost.values()) * options.rate + sum(idle.values())) / 1000, 1
-        ),
+        "idle_cores": round(deployment_ms(idle) / 1000, 2),
         # From the end of the load to the last order confirmed or cancelled.
         "drained_s": round(drained_s, 1),
         "lost_after_s": LOST_AFTER_S,
         "seconds": options.seconds,
         "refused": refused,
     }
-
-
-async def _window(stack: Stack) -> dict[str, float]:
-    """CPU ms per second each process used over the next ``IDLE_WINDOW_S``."""
-    before, started_at = stack.cpu_ms(), time.monotonic()
-    await asyncio.sleep(IDLE_WINDOW_S)
-    elapsed = time.monotonic() - started_at
-    return {name: ms / elapsed for name, ms in _used(before, stack.cpu_ms()).items()}
-
-
-async def _idle_cpu_ms_per_s(stack: Stack) -> dict[str, float]:
-    """What each process uses with no orders coming: polls and heartbeats."""
-    windows = [await _window(stack) for _ in range(IDLE_WINDOWS)]
-    return min(windows, key=lambda window: sum(window.values()))
-
-
-async def _quiet(stack: Stack, idle: dict[str, float]) -> None:
-    """Until the processes use about what they use idle, or ``QUIET_WITHIN_S``."""
-    deadline = time.monotonic() + QUIET_WITHIN_S
-    while time.monotonic() < deadline:
-        if sum((await _window(stack)).values()) <= sum(idle.values()) + QUIET_MARGIN_MS_PER_S:
-            return
-
-
-def _used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """CPU ms each process used between two readings of ``Stack.cpu_ms``."""
-    return {name: after[name] - before[name] for name in after if name in before}
-
-
-def _per_order(before: dict[str, float], after: dict[str, float], orders: int) -> dict[str, float]:
-    return {name: round(ms / max(1, orders), 2) for name, ms in _used(before, after).items()}
 
 
 async def _checkout(stack: Stack, headers: dict[str, str], bodies: list[Body]) -> list[Body]:
@@ -424,38 +381,6 @@ async def _insert_order(
         str(order_id),
         payload,
     )
-
-
-async def _stock_check(settings: Settings, schema: str) -> dict[str, Any]:
-    """Oversold: stock rows holding more than on hand, reserved or allocated counters that
-    disagree with the reservations and allocations behind them, SKUs with more units
-    allocated than were ever stocked."""
-    conn = await db.connect(settings.database_url, schema)
-    try:
-        row = await conn.fetchrow(
-            """WITH allocated AS (
-                   SELECT sku, location_id, sum(quantity) AS units FROM allocations
-                   WHERE status = 'allocated' GROUP BY 1, 2),
-               held AS (
-                   SELECT l.sku, l.location_id, sum(l.quantity) AS units
-                   FROM reservation_lines l JOIN reservations r USING (reservation_id)
-                   WHERE r.status = 'active' GROUP BY 1, 2)
-               SELECT
-                   (SELECT count(*) FROM stock WHERE reserved + allocated > on_hand)
-                   + (SELECT count(*) FROM stock s LEFT JOIN allocated a USING (sku, location_id)
-                      WHERE s.allocated <> coalesce(a.units, 0))
-                   + (SELECT count(*) FROM stock s LEFT JOIN held h USING (sku, location_id)
-                      WHERE s.reserved <> coalesce(h.units, 0))
-                   + (SELECT count(*) FROM (
-                          SELECT sku, sum(quantity) AS units FROM allocations
-                          WHERE status <> 'released' GROUP BY sku) a
-                      JOIN (SELECT sku, sum(on_hand) AS units FROM stock GROUP BY sku) s
-                      USING (sku) WHERE a.units > s.units) AS oversold,
-                   (SELECT coalesce(sum(units), 0)::bigint FROM allocated) AS allocated_units"""
-        )
-    finally:
-        await conn.close()
-    return {"oversold": row["oversold"], "allocated_units": row["allocated_units"]}
 
 
 async def _statuses(settings: Settings, schema: str, order_ids: list[str]) -> dict[str, int]:

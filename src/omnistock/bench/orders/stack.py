@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -23,7 +23,7 @@ from omnistock.bench.common import console, create_topics, delete_topics, drop_s
 from omnistock.bench.host import process_cpu_ms, stack_cpu_ms
 from omnistock.contracts import ALL_TOPICS
 from omnistock.orders import consumers
-from omnistock.platform import kafka
+from omnistock.platform import db, kafka
 from omnistock.platform.auth import mint_token
 from omnistock.platform.children import free_ports
 from omnistock.platform.clock import SystemClock
@@ -276,3 +276,35 @@ async def seed(stack: Stack, skus: int) -> None:
                 headers={"Idempotency-Key": f"bench-{stack.run}-{start}"},
             )
             priced.raise_for_status()
+
+
+async def stock_check(settings: Settings, schema: str) -> dict[str, Any]:
+    """Oversold: stock rows holding more than on hand, reserved or allocated counters that
+    disagree with the reservations and allocations behind them, SKUs with more units
+    allocated than were ever stocked."""
+    conn = await db.connect(settings.database_url, schema)
+    try:
+        row = await conn.fetchrow(
+            """WITH allocated AS (
+                   SELECT sku, location_id, sum(quantity) AS units FROM allocations
+                   WHERE status = 'allocated' GROUP BY 1, 2),
+               held AS (
+                   SELECT l.sku, l.location_id, sum(l.quantity) AS units
+                   FROM reservation_lines l JOIN reservations r USING (reservation_id)
+                   WHERE r.status = 'active' GROUP BY 1, 2)
+               SELECT
+                   (SELECT count(*) FROM stock WHERE reserved + allocated > on_hand)
+                   + (SELECT count(*) FROM stock s LEFT JOIN allocated a USING (sku, location_id)
+                      WHERE s.allocated <> coalesce(a.units, 0))
+                   + (SELECT count(*) FROM stock s LEFT JOIN held h USING (sku, location_id)
+                      WHERE s.reserved <> coalesce(h.units, 0))
+                   + (SELECT count(*) FROM (
+                          SELECT sku, sum(quantity) AS units FROM allocations
+                          WHERE status <> 'released' GROUP BY sku) a
+                      JOIN (SELECT sku, sum(on_hand) AS units FROM stock GROUP BY sku) s
+                      USING (sku) WHERE a.units > s.units) AS oversold,
+                   (SELECT coalesce(sum(units), 0)::bigint FROM allocated) AS allocated_units"""
+        )
+    finally:
+        await conn.close()
+    return {"oversold": row["oversold"], "allocated_units": row["allocated_units"]}
