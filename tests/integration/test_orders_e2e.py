@@ -21,6 +21,7 @@ import pytest
 
 from omnistock.contracts import collection_points as places
 from omnistock.contracts import inventory, orders, payments, pricing
+from omnistock.orders import consumers
 from omnistock.orders.api import build_app
 from omnistock.orders.settings import OrdersSettings
 from omnistock.payments.psp import DEVELOPMENT_PSP_API_KEY
@@ -155,7 +156,10 @@ class Orders:
 
 @asynccontextmanager
 async def orders_service(stack: Stack, **app: Any) -> AsyncIterator[Orders]:
+    """The orders service in this process; ``own`` names consumer groups new to the broker."""
     settings = stack.settings
+    if "own" in app:
+        await _from_now_on(settings, app["own"])
     schema = await create_service_schema(settings, "orders", "omnistock.orders")
     pool = await db.create_pool(settings.database_url, schema, min_size=1, max_size=2)
     try:
@@ -166,6 +170,19 @@ async def orders_service(stack: Stack, **app: Any) -> AsyncIterator[Orders]:
     finally:
         await pool.close()
         await drop_schema(settings, schema)
+
+
+async def _from_now_on(settings: Settings, own: OrdersSettings) -> None:
+    """The service's groups read what comes next: the shared topics' history is no concern of
+    a service with a new schema. On a developer's broker it runs to millions of events, which
+    a new group read from the start, and on a busy machine took longer than a test waits."""
+    clock = SystemClock()
+    for subscription in (
+        consumers.subscription(clock, own.payments_group),
+        consumers.fulfilment_subscription(clock, own.fulfilment_group),
+    ):
+        for topic in subscription.topics:
+            await asyncio.to_thread(start_group_at_end, settings, subscription.group, topic)
 
 
 @pytest.fixture(scope="module")
