@@ -501,6 +501,51 @@ async def test_a_customer_sees_lists_and_cancels_only_its_own_orders(
     ]
 
 
+async def test_a_customer_pages_through_its_orders_newest_first_each_once(
+    stack: Stack, service: Orders, shop: Shop, inventory_client: httpx.AsyncClient
+) -> None:
+    customer, other = unique("gail"), unique("frank")
+    gail, frank = as_customer(stack, customer), as_customer(stack, other)
+    before = await service.client.post(
+        "/v1/orders",
+        json=order_body(shop, await checkout(inventory_client, shop, 1, other), 1),
+        headers=keyed(frank),
+    )
+    assert before.status_code == 201, before.text
+    placed = []
+    for _ in range(5):
+        reservation = await checkout(inventory_client, shop, 1, customer)
+        answer = await service.client.post(
+            "/v1/orders", json=order_body(shop, reservation, 1), headers=keyed(gail)
+        )
+        assert answer.status_code == 201, answer.text
+        placed.append(answer.json()["order_id"])
+
+    pages, after = [], None
+    while True:
+        params = {"limit": 2} if after is None else {"limit": 2, "after": after}
+        page = await service.client.get("/v1/orders", params=params, headers=gail)
+        assert page.status_code == 200, page.text
+        pages.append([o["order_id"] for o in page.json()["orders"]])
+        after = page.json()["next"]
+        if after is None:
+            break
+    assert [len(p) for p in pages] == [2, 2, 1]
+    assert [o for p in pages for o in p] == placed[::-1]
+
+    # A cursor only says where a page ends: another customer reading from it reads its own.
+    first = await service.client.get("/v1/orders", params={"limit": 2}, headers=gail)
+    theirs = await service.client.get(
+        "/v1/orders", params={"after": first.json()["next"]}, headers=frank
+    )
+    assert theirs.status_code == 200, theirs.text
+    assert [o["order_id"] for o in theirs.json()["orders"]] == [before.json()["order_id"]]
+    for forged in ("nonsense", "MjAyNi0xMS0zMA", "bm90LWEtdGltZXxub3QtYW4taWQ"):
+        refused = await service.client.get("/v1/orders", params={"after": forged}, headers=gail)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["errors"][0]["field"] == "after"
+
+
 # A valid body for every endpoint on one order, so that what answers is the access check.
 ORDER_ENDPOINT_BODIES: dict[tuple[str, str], Any] = {
     ("GET", "/v1/orders/{order_id}"): None,

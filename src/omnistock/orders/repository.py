@@ -109,13 +109,27 @@ async def lines(conn: asyncpg.Connection, order_id: str) -> list[asyncpg.Record]
     return rows
 
 
-async def orders_of(conn: asyncpg.Connection, customer_id: str, limit: int) -> list[asyncpg.Record]:
+async def orders_of(
+    conn: asyncpg.Connection,
+    customer_id: str,
+    limit: int,
+    before: tuple[datetime, uuid.UUID] | None = None,
+) -> list[asyncpg.Record]:
+    """A customer's orders, newest first; with ``before`` (placed at, order id), those that
+    come after that one in this order. Keyed, not offset: a page reads only its own rows, and
+    orders placed meanwhile neither repeat nor skip one."""
+    placed_at, order_id = before if before is not None else (None, None)
     rows: list[asyncpg.Record] = await conn.fetch(
         """SELECT order_id::text AS order_id, channel_id, status, version, currency, total,
                   cancel_reason, placed_at
-           FROM orders WHERE customer_id = $1 ORDER BY placed_at DESC, order_id LIMIT $2""",
+           FROM orders
+           WHERE customer_id = $1
+             AND ($3::timestamptz IS NULL OR (placed_at, order_id) < ($3, $4::uuid))
+           ORDER BY placed_at DESC, order_id DESC LIMIT $2""",
         customer_id,
         limit,
+        placed_at,
+        order_id,
     )
     return rows
 

@@ -7,6 +7,7 @@ transaction as the change."""
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -385,9 +386,37 @@ def instants(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
 
 
-async def orders_of(conn: asyncpg.Connection, customer_id: str, limit: int) -> list[dict[str, Any]]:
-    rows = await repository.orders_of(conn, customer_id, limit)
-    return [{**dict(row), "placed_at": row["placed_at"].isoformat()} for row in rows]
+class BadCursor(ValueError):
+    """A page cursor this service did not hand out."""
+
+
+def _cursor(row: Mapping[str, Any]) -> str:
+    mark = f"{row['placed_at'].isoformat()}|{row['order_id']}".encode()
+    return base64.urlsafe_b64encode(mark).decode().rstrip("=")
+
+
+def _after(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        mark = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        placed_at, order_id = mark.split("|")
+        at = datetime.fromisoformat(placed_at)
+        if at.tzinfo is None:
+            raise ValueError("no time zone")
+        return at, uuid.UUID(order_id)
+    except ValueError as exc:  # binascii.Error and UnicodeDecodeError are ValueErrors too
+        raise BadCursor(cursor) from exc
+
+
+async def orders_of(
+    conn: asyncpg.Connection, customer_id: str, limit: int, after: str | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of the customer's orders, newest first, from the one after ``after`` (the
+    cursor a previous page ended with); and the cursor of the next page, None at the end."""
+    before = None if after is None else _after(after)
+    rows = await repository.orders_of(conn, customer_id, limit + 1, before)
+    page = [{**dict(row), "placed_at": row["placed_at"].isoformat()} for row in rows[:limit]]
+    following = _cursor(rows[limit - 1]) if len(rows) > limit else None
+    return page, following
 
 
 async def owner_of(conn: asyncpg.Connection, order_id: str) -> str | None:

@@ -235,14 +235,19 @@ async def list_orders(
     principal: Annotated[Principal, requires(READ, CUSTOMER_SCOPE)],
     customer_id: Annotated[str | None, Query(pattern=REFERENCE)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[str | None, Query(max_length=200)] = None,
 ) -> FastJSONResponse:
-    """A customer's orders, newest first (a customer: only its own, ``customer_id`` may be
-    left out)."""
+    """A customer's orders, newest first, a page at a time (a customer: only its own,
+    ``customer_id`` may be left out). ``next`` is the ``after`` of the following page, null
+    on the last."""
     wanted = principal.customer_to_list(customer_id, READ, "orders")
     state = State(request)
     async with state.runtime.pool.acquire() as conn:
-        found = await service.orders_of(conn, wanted, limit)
-    return FastJSONResponse({"customer_id": wanted, "orders": found})
+        try:
+            found, following = await service.orders_of(conn, wanted, limit, after)
+        except service.BadCursor:
+            raise field_problem("after", "not a cursor of this list: pass a page's next") from None
+    return FastJSONResponse({"customer_id": wanted, "orders": found, "next": following})
 
 
 @router.get("/orders/{order_id}")
