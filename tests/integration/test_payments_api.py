@@ -499,3 +499,41 @@ async def test_a_webhook_without_a_good_signature_is_refused(
         )
         assert good.json()["result"] == "ignored"  # about no payment of ours
     assert await pool.fetchval("SELECT count(*) FROM psp_webhooks") == 1
+
+
+async def test_the_simulator_inside_the_service_posts_its_webhooks_to_the_service(
+    settings: Settings,
+    clock: ManualClock,
+    schema: str,
+    pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without a PSP URL the service runs the simulator itself (development, the benchmarks)
+    and hands each webhook straight to its own endpoint, signature check and all."""
+    monkeypatch.delenv("OMNISTOCK_PAYMENTS_PSP_URL", raising=False)
+    app = build_app(settings, clock, schema=schema)
+    async with served(app, bearer(settings, "orders", SCOPES)) as client:
+        created = await client.post(
+            "/v1/payments",
+            json={
+                "order_id": unique("order"),
+                "customer_id": "customer-1",
+                "method": "card",
+                "amount": 4_000,
+                "currency": "PLN",
+                "authorize": {"payment_method_token": "tok_visa"},
+            },
+            headers=key(),
+        )
+        assert created.status_code == 201, created.text
+
+        async def announced() -> bool:
+            results = await pool.fetch("SELECT result FROM psp_webhooks")
+            return [r["result"] for r in results] == ["ignored"]
+
+        # The decision came with the answer; its webhook, signed, finds nothing left to do.
+        await wait_for(announced, 20, what="the simulator's webhook")
+        forged = await client.post(
+            "/v1/psp/webhooks", content=b'{"id": "x"}', headers={"content-type": "application/json"}
+        )
+        assert forged.status_code == 401, forged.text
