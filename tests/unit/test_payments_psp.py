@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import socket
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from omnistock.payments.psp import AuthorizationRequest, Decision, PspUnavailable
+from omnistock.payments.psp import AuthorizationRequest, Decision, HttpPsp, PspUnavailable
 from omnistock.payments.signatures import BadSignature, sign, verify
 from omnistock.payments.simulator import Fault, SimulatedPsp, SimulatorSettings
 from omnistock.platform.clock import ManualClock
@@ -141,3 +142,17 @@ async def test_decisions_that_come_later_arrive_as_signed_webhooks() -> None:
     assert lookup is not None
     assert lookup.decision is Decision.DECLINED
     assert clock.now() == T0
+
+
+async def test_a_psp_out_of_reach_is_unavailable_not_an_error_of_ours() -> None:
+    with socket.socket() as probe:  # a port nothing listens on once the probe is closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    psp = HttpPsp(f"http://127.0.0.1:{port}", "key", timeout_s=2)
+    try:
+        with pytest.raises(PspUnavailable, match="/v1/authorizations"):
+            await psp.authorize(authorization("a"))
+        with pytest.raises(PspUnavailable):
+            await psp.lookup("a")
+    finally:
+        await psp.close()
