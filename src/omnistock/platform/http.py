@@ -10,6 +10,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import asyncpg
 import orjson
 import structlog
 from fastapi import APIRouter, FastAPI, Request
@@ -118,6 +119,21 @@ def problem_response(problem: Problem, request: Request | None = None) -> Respon
         media_type=PROBLEM_JSON,
         headers=problem.headers,
     )
+
+
+async def on_connection(
+    pool: asyncpg.Pool,
+    work: Callable[[asyncpg.Connection], Awaitable[Any]],
+    refusals: tuple[type[Exception], ...],
+    as_problem: Callable[[Exception], Problem],
+) -> Any:
+    """``work`` on a connection of ``pool``, with no transaction: for a read of one statement,
+    whose snapshot is its own. A refusal is answered as the problem ``as_problem`` makes."""
+    try:
+        async with pool.acquire() as conn:
+            return await work(conn)
+    except refusals as exc:
+        raise as_problem(exc) from None
 
 
 def field_path(location: Sequence[Any]) -> str:

@@ -14,7 +14,7 @@ from omnistock.inventory.reserving import REFUSALS, CustomerIdRequired
 from omnistock.platform import db, idempotency
 from omnistock.platform.auth import Principal
 from omnistock.platform.clock import Clock
-from omnistock.platform.http import FastJSONResponse
+from omnistock.platform.http import FastJSONResponse, on_connection
 from omnistock.platform.problems import Problem
 from omnistock.platform.runtime import ServiceRuntime
 
@@ -118,14 +118,8 @@ async def in_transaction(
 async def with_connection(
     request: Request, work: Callable[[asyncpg.Connection], Awaitable[Any]]
 ) -> Any:
-    """``work`` on a connection of the pool, with no transaction: for a read of one statement,
-    whose snapshot is its own."""
     runtime, _ = state_of(request)
-    try:
-        async with runtime.pool.acquire() as conn:
-            return await work(conn)
-    except ANSWERED_AS_PROBLEMS as exc:
-        raise as_problem(exc) from None
+    return await on_connection(runtime.pool, work, ANSWERED_AS_PROBLEMS, as_problem)
 
 
 async def run_once_per_key(

@@ -14,7 +14,7 @@ from pydantic import AwareDatetime, BaseModel
 from omnistock.platform import idempotency
 from omnistock.platform.auth import Principal, requires
 from omnistock.platform.clock import Clock
-from omnistock.platform.http import FastJSONResponse
+from omnistock.platform.http import FastJSONResponse, on_connection
 from omnistock.platform.problems import Problem, field_problem
 from omnistock.platform.runtime import ServiceRuntime
 from omnistock.pricing import service
@@ -72,14 +72,8 @@ async def in_transaction(
 async def with_connection(
     request: Request, work: Callable[[asyncpg.Connection], Awaitable[Any]]
 ) -> Any:
-    """``work`` on a connection of the pool, with no transaction: for a read of one statement,
-    whose snapshot is its own."""
     runtime, _ = state_of(request)
-    try:
-        async with runtime.pool.acquire() as conn:
-            return await work(conn)
-    except REFUSALS as exc:
-        raise as_problem(exc) from None
+    return await on_connection(runtime.pool, work, REFUSALS, as_problem)
 
 
 async def once_per_key(
