@@ -31,7 +31,7 @@ class ConcurrencyLimit:
 
     ``load()`` is the count under way smoothed over ``smoothing_s``: a rush lifts it within a
     fraction of a second, a moment's bunching of an ordinary load hardly does, and it falls
-    back as soon once the rush is over."""
+    back as soon as the rush is over."""
 
     def __init__(self, limit: int, smoothing_s: float = 0.25) -> None:
         self.limit = limit
